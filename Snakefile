@@ -1,0 +1,19 @@
+# JOWA reproduction: one DAG from DQN-Replay to tables and figures.
+#   snakemake --cores all                                   the paper's configuration (params.yaml)
+#   snakemake --cores all --configfile config/smoke.yaml    the local run: generated data, tiny models
+from snakemake.utils import min_version
+
+min_version("9.27")
+
+
+configfile: "params.yaml"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        rules.data_all.input,

@@ -1,0 +1,1 @@
+"""The data phase: DQN-Replay checkpoints (downloaded or generated) to per-game training stores."""

@@ -1,0 +1,199 @@
+"""Subsampling: from whole DQN-Replay runs to a per-game training store of whole episodes.
+
+Differences from the reference's `downsample.py`, on purpose:
+- runs are stitched in time order first (`jowa.data.replay`), so an episode crossing a file boundary is
+  one episode, padding and stale rows are never steps, and episodes cut by a gap or by the run's end
+  are skipped instead of being passed off as whole;
+- episodes are drawn without replacement (the reference draws with replacement and stores duplicates)
+  until the transition budget is reached, so every stored episode is distinct.
+Run selection does match the reference: its legacy-RNG draw, seed 0, in game order, picks the same runs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import shutil
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from jowa import games
+from jowa.data.replay import Episode, FileFrameSink, RunIndex, extract_frames, extract_rows, index_run
+from jowa.data.store import commit, staging_dir, write_arrays
+
+log = logging.getLogger(__name__)
+
+
+def pick_runs(
+    game_order: Sequence[str], runs: Sequence[int], k: int, seed: int
+) -> dict[str, tuple[int, ...]]:
+    """The `k` runs of each game, drawn without replacement by one legacy-RNG stream in game order.
+
+    This is the reference's procedure: with seed 0 and its 15 pretraining games it gives Assault {1, 3},
+    Atlantis {1, 3}, BeamRider {2, 4}, ...
+    """
+    if k > len(runs):
+        raise ValueError(f"cannot pick {k} runs per game from runs {list(runs)}")
+    rng = np.random.RandomState(seed)
+    pool = np.asarray(sorted(runs))
+    return {game: tuple(sorted(int(r) for r in rng.choice(pool, k, replace=False))) for game in game_order}
+
+
+@dataclass(frozen=True)
+class Candidate:
+    run: int
+    index: RunIndex
+    episode: Episode
+
+
+def eligible_episodes(
+    indexes: dict[int, RunIndex], window: tuple[float, float] = (0.0, 1.0)
+) -> list[Candidate]:
+    """Whole episodes whose first step lies in the [start, end) fraction of their run's checkpoint files."""
+    lo, hi = window
+    out = []
+    for run, index in sorted(indexes.items()):
+        for episode in index.whole_episodes():
+            fraction = episode.position / index.num_files
+            if lo <= fraction < hi or (hi >= 1.0 and fraction >= lo):
+                out.append(Candidate(run, index, episode))
+    return out
+
+
+def select_episodes(
+    candidates: list[Candidate], transitions: int, rng: np.random.Generator
+) -> list[Candidate]:
+    """Uniformly random episodes, without replacement, until `transitions` steps are reached; time-ordered."""
+    order = rng.permutation(len(candidates))
+    lengths = np.array([candidates[i].episode.length for i in order], dtype=np.int64)
+    take = int(np.searchsorted(np.cumsum(lengths), transitions) + 1)
+    chosen = [candidates[i] for i in order[:take]]
+    return sorted(chosen, key=lambda c: (c.run, c.episode.start_row))
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def build_store(
+    *,
+    game: str,
+    replay_dirs: dict[int, Path],
+    manifests: dict[int, Path],
+    out: Path,
+    transitions: int,
+    seed: int,
+    segment_length: int,
+    segment_stride: int,
+    window: tuple[float, float] = (0.0, 1.0),
+    extra_meta: dict[str, Any] | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Sample whole episodes of `game` from the given runs and write a training store at `out`, atomically."""
+    games.check_game(game)
+    indexes = {run: index_run(path) for run, path in sorted(replay_dirs.items())}
+    candidates = eligible_episodes(indexes, window)
+    if not candidates:
+        raise ValueError(
+            f"{game}: no whole episode in runs {sorted(replay_dirs)} within checkpoint window "
+            f"{list(window)}; generate longer runs or widen the window"
+        )
+    rng = np.random.default_rng([seed, games.task_id(game)])
+    chosen = select_episodes(candidates, transitions, rng)
+    total = sum(c.episode.length for c in chosen)
+    if total < transitions:
+        log.warning(
+            "%s: only %d transitions of whole episodes available, %d asked for", game, total, transitions
+        )
+
+    tmp = staging_dir(out)
+    try:
+        actions, rewards, terminals = _copy_rows(game, chosen, indexes)
+        _copy_frames(chosen, indexes, tmp / "frames.npy", total, progress)
+        episode_starts = np.concatenate([[0], np.cumsum([c.episode.length for c in chosen])])
+        meta = write_arrays(
+            tmp,
+            actions=actions,
+            rewards=rewards,
+            terminals=terminals,
+            episode_starts=episode_starts,
+            segment_length=segment_length,
+            segment_stride=segment_stride,
+            meta={
+                "game": game,
+                "task_id": games.task_id(game),
+                "runs": sorted(replay_dirs),
+                "seed": seed,
+                "checkpoint_window": list(window),
+                "transitions_requested": transitions,
+                "episodes_available": len(candidates),
+                "episodes_per_run": {str(r): sum(c.run == r for c in chosen) for r in sorted(replay_dirs)},
+                "truncated_skipped": sum(e.truncated for i in indexes.values() for e in i.episodes),
+                "gap_rows": {str(r): sum(b - a for a, b in i.gaps) for r, i in indexes.items()},
+                "source_manifests": {str(r): _sha256(p) for r, p in sorted(manifests.items())},
+                **(extra_meta or {}),
+            },
+        )
+        commit(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return meta
+
+
+def _copy_rows(
+    game: str, chosen: list[Candidate], indexes: dict[int, RunIndex]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Actions mapped to the full 18-way index, rewards clipped, terminals; in store order."""
+    to_full = games.minimal_to_full(game)
+    parts = []
+    for run, index in indexes.items():
+        episodes = [c.episode for c in chosen if c.run == run]
+        if not episodes:
+            continue
+        rows = extract_rows(index, episodes)
+        bad = (rows.actions < 0) | (rows.actions >= len(to_full))
+        if bad.any():
+            raise ValueError(
+                f"{index.replay_dir}: action {int(rows.actions[bad][0])} is outside {game}'s minimal "
+                f"action set of {len(to_full)} actions: is this run really {game}?"
+            )
+        parts.append((to_full[rows.actions], np.clip(rows.rewards, -1.0, 1.0), rows.terminals))
+    return tuple(np.concatenate([p[i] for p in parts]) for i in range(3))
+
+
+def _copy_frames(
+    chosen: list[Candidate], indexes: dict[int, RunIndex], path: Path, total: int, progress: bool
+) -> None:
+    files_to_read = sum(
+        len({f.position for c in chosen if c.run == run for f in _files_of(index, c.episode)})
+        for run, index in indexes.items()
+    )
+    frame_bytes = 84 * 84 * max(i.capacity for i in indexes.values())
+    bar = tqdm(
+        total=files_to_read * frame_bytes,
+        unit="B",
+        unit_scale=True,
+        desc="inflating observations",
+        disable=not progress,
+        file=sys.stderr,
+        mininterval=1.0 if sys.stderr.isatty() else 30.0,
+    )
+    dest = 0
+    with FileFrameSink(path, total) as sink, bar:
+        for run, index in indexes.items():
+            episodes = [c.episode for c in chosen if c.run == run]
+            extract_frames(index, episodes, sink, dest_start=dest, on_bytes=bar.update)
+            dest += sum(e.length for e in episodes)
+        bar.total = bar.n  # files are read only up to their last wanted row
+
+
+def _files_of(index: RunIndex, episode: Episode) -> list:
+    stop = episode.start_row + episode.length
+    return [f for f in index.files if f.first_row < stop and episode.start_row < f.end_row]

@@ -1,0 +1,160 @@
+"""The reader against runs written by Dopamine's own 2019 replay buffer (shared/reference/dopamine_fixture).
+
+Every real frame of the fixture encodes its step id, so what the reader yields can be checked against
+the files themselves and against truth.json, which lists every step the agent ever added.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from jowa.data.dopamine_format import NpyGzReader, ReplayFormatError, checkpoint_filename, list_suffixes
+from jowa.data.replay import index_run, read_episodes
+
+FIXTURE = Path(__file__).resolve().parents[2] / "shared" / "reference" / "dopamine_fixture"
+RUNS = ["Long/1", "Short/1", "Edge/1"]
+pytestmark = pytest.mark.skipif(not FIXTURE.is_dir(), reason=f"Dopamine fixture not found at {FIXTURE}")
+
+
+def step_ids(frames: np.ndarray) -> list[int]:
+    assert (frames[:, 0, 2] == 7).all(), "a padding or garbage row was yielded as a step"
+    return (frames[:, 0, 0].astype(int) - 1 + 255 * frames[:, 0, 1].astype(int)).tolist()
+
+
+def held_step_ids(replay_dir: Path) -> set[int]:
+    """Step ids of every real frame in any file, stale copies included: what some file holds."""
+    held: set[int] = set()
+    for suffix in list_suffixes(replay_dir):
+        with NpyGzReader(replay_dir / checkpoint_filename("observation", suffix)) as reader:
+            obs = reader.read_all()
+        held.update(step_ids(obs[obs[:, 0, 2] == 7]))
+    return held
+
+
+def truth_runs() -> dict:
+    return json.loads((FIXTURE / "truth.json").read_text())["runs"]
+
+
+def yielded(replay_dir: Path) -> list[tuple[bool, list[list]]]:
+    out = []
+    for episode, rows, frames in read_episodes(replay_dir):
+        steps = [
+            [i, int(a), float(r)]
+            for i, a, r in zip(step_ids(frames), rows.actions, rows.rewards, strict=True)
+        ]
+        assert rows.terminals[:-1].sum() == 0
+        assert rows.terminals[-1] == 1 or episode.truncated
+        out.append((episode.truncated, steps))
+    return out
+
+
+@pytest.mark.parametrize("run", RUNS)
+def test_reconstruction_matches_dopamine_truth(run: str) -> None:
+    replay_dir = FIXTURE / run / "replay_logs"
+    truth = truth_runs()[run]["episodes"]
+    episodes = yielded(replay_dir)
+
+    # every step some file holds appears exactly once, in time order
+    ids = [s[0] for _, steps in episodes for s in steps]
+    assert ids == sorted(held_step_ids(replay_dir))
+    # whole episodes are exactly the writer's episodes, with their actions and rewards
+    for truncated, steps in episodes:
+        if truncated:
+            assert any(_contains(t, steps) for t in truth)
+        else:
+            assert steps in truth
+    # an episode is yielded whole exactly when all its steps are held and its start is known: it is the
+    # run's first episode or the previous episode's terminal step is held too
+    held = set(ids)
+    expected_whole = [
+        t
+        for k, t in enumerate(truth)
+        if all(s[0] in held for s in t) and (k == 0 or truth[k - 1][-1][0] in held)
+    ]
+    assert [steps for truncated, steps in episodes if not truncated] == expected_whole
+
+
+def _contains(episode: list, steps: list) -> bool:
+    return any(episode[k : k + len(steps)] == steps for k in range(len(episode) - len(steps) + 1))
+
+
+def test_short_run_reports_the_rows_lost_before_the_first_file() -> None:
+    index = index_run(FIXTURE / "Short/1/replay_logs")
+    first_add_count = index.files[0].add_count
+    assert index.gaps == [(0, first_add_count - index.capacity)]
+    first = index.episodes[0]
+    assert first.truncated and first.after_gap  # nothing says step 52 starts an episode
+    assert sum(e.truncated for e in index.episodes) == 1
+
+
+def test_partial_last_file_end_rows_follow_add_count() -> None:
+    for run in RUNS:
+        index = index_run(FIXTURE / run / "replay_logs")
+        assert index.files[-1].end_row == truth_runs()[run]["final_add_count"]
+        assert not index.gaps or run == "Short/1"
+
+
+def copy_run(tmp_path: Path, run: str = "Long/1") -> Path:
+    dest = tmp_path / run / "replay_logs"
+    shutil.copytree(FIXTURE / run / "replay_logs", dest)
+    return dest
+
+
+def test_missing_suffix_becomes_a_gap_that_cuts_episodes(tmp_path: Path) -> None:
+    replay_dir = copy_run(tmp_path)
+    for kind in ("observation", "action", "reward", "terminal", "add_count", "invalid_range"):
+        (replay_dir / checkpoint_filename(kind, 5)).unlink()
+    index = index_run(replay_dir)
+    assert index.gaps == [(199, 239)]
+    cut = [e for e in index.episodes if e.truncated]
+    assert [e.start_row + e.length for e in cut if not e.after_gap] == [199]  # cut before the gap
+    assert any(e.after_gap for e in cut)  # resumed after the gap, start unknown
+    ids = [i for _, _, frames in read_episodes(replay_dir) for i in step_ids(frames)]
+    assert ids == sorted(held_step_ids(replay_dir))
+
+
+def test_incomplete_suffix_names_the_missing_file(tmp_path: Path) -> None:
+    replay_dir = copy_run(tmp_path)
+    (replay_dir / checkpoint_filename("reward", 3)).unlink()
+    with pytest.raises(
+        ReplayFormatError, match=r"checkpoint 3 is incomplete, missing \$store\$_reward_ckpt\.3\.gz"
+    ):
+        index_run(replay_dir)
+
+
+@pytest.mark.parametrize("kind", ["terminal", "observation"])
+def test_truncated_gzip_names_the_file(tmp_path: Path, kind: str) -> None:
+    replay_dir = copy_run(tmp_path)
+    path = replay_dir / checkpoint_filename(kind, 2)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ReplayFormatError, match=str(path).replace("$", r"\$")):
+        list(read_episodes(replay_dir))
+
+
+def test_corrupt_gzip_names_the_file(tmp_path: Path) -> None:
+    replay_dir = copy_run(tmp_path)
+    path = replay_dir / checkpoint_filename("action", 4)
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2 :] = b"\x00garbage" * (len(data) // 16 + 1)
+    path.write_bytes(bytes(data[: len(data)]))
+    with pytest.raises(ReplayFormatError, match=r"action_ckpt\.4\.gz"):
+        index_run(replay_dir)
+
+
+def test_non_zero_padding_row_is_an_error(tmp_path: Path) -> None:
+    replay_dir = copy_run(tmp_path)
+    path = replay_dir / checkpoint_filename("action", 0)
+    with gzip.open(path) as fh:
+        actions = np.load(fh)
+    actions[0] = 3  # slot 0 of the first file is the run's first padding row
+    with gzip.open(path, "wb") as fh:
+        np.save(fh, actions)
+    with pytest.raises(ReplayFormatError, match=r"padding rows from global row 0"):
+        index_run(replay_dir)
