@@ -66,7 +66,7 @@ def _store_inputs(args: argparse.Namespace) -> tuple[dict[int, Path], dict[int, 
     return dirs, manifests
 
 
-def cmd_subsample(args: argparse.Namespace) -> None:
+def _build_store(args: argparse.Namespace, window: tuple[float, float], extra_meta: dict) -> None:
     from jowa.data.subsample import build_store
 
     dirs, manifests = _store_inputs(args)
@@ -79,33 +79,23 @@ def cmd_subsample(args: argparse.Namespace) -> None:
         seed=args.seed,
         segment_length=args.segment_length,
         segment_stride=args.segment_stride,
-        extra_meta={"split": "pretrain"},
+        window=window,
+        extra_meta=extra_meta,
         progress=not args.quiet,
     )
-    logging.info("%s: %d transitions, %d episodes, %d segments", args.out, *(meta[k] for k in _COUNTS))
+    logging.info(
+        "%s: %d transitions, %d episodes, %d segments",
+        args.out,
+        *(meta[k] for k in ("transitions", "episodes", "segments")),
+    )
+
+
+def cmd_subsample(args: argparse.Namespace) -> None:
+    _build_store(args, (0.0, 1.0), {"split": "pretrain"})
 
 
 def cmd_finetune_set(args: argparse.Namespace) -> None:
-    from jowa.data.subsample import build_store
-
-    dirs, manifests = _store_inputs(args)
-    meta = build_store(
-        game=args.game,
-        replay_dirs=dirs,
-        manifests=manifests,
-        out=args.out,
-        transitions=args.transitions,
-        seed=args.seed,
-        segment_length=args.segment_length,
-        segment_stride=args.segment_stride,
-        window=tuple(args.window),
-        extra_meta={"split": "finetune", "quality": args.quality},
-        progress=not args.quiet,
-    )
-    logging.info("%s: %d transitions, %d episodes, %d segments", args.out, *(meta[k] for k in _COUNTS))
-
-
-_COUNTS = ("transitions", "episodes", "segments")
+    _build_store(args, tuple(args.window), {"split": "finetune", "quality": args.quality})
 
 
 def cmd_check_params(args: argparse.Namespace) -> None:
