@@ -7,6 +7,7 @@ params.yaml through the rule's `params:`), so the rule's params trigger sees eve
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from pathlib import Path
@@ -98,6 +99,27 @@ def cmd_finetune_set(args: argparse.Namespace) -> None:
     _build_store(args, tuple(args.window), {"split": "finetune", "quality": args.quality})
 
 
+def cmd_import_reference(args: argparse.Namespace) -> None:
+    from jowa import checkpoints
+    from jowa.models.tokenizer import load_state_file
+
+    state = load_state_file(args.input)
+    meta = {"imported_from": str(args.input)}
+    if args.kind == "tokenizer":
+        config = json.loads(args.tokenizer_config) if args.tokenizer_config else {}
+        tokenizer = checkpoints.tokenizer_from_reference(state, config)
+        checkpoints.save_tokenizer(args.out, tokenizer, meta)
+    else:
+        arch = json.loads(args.arch) if args.arch.lstrip().startswith("{") else args.arch
+        model = checkpoints.from_reference(state, arch)
+        checkpoints.save_model(args.out, model, model.config, {**meta, "arch": arch})
+        counts = checkpoints.count_parameters(model)
+        logging.info(
+            "JOWA %s: %d parameters (%d trainable)", arch, counts["jowa_module"], counts["jowa_trainable"]
+        )
+    logging.info("wrote %s", args.out)
+
+
 def cmd_check_params(args: argparse.Namespace) -> None:
     params = load_params(args.path)
     print(
@@ -126,6 +148,21 @@ def build_parser() -> argparse.ArgumentParser:
     check = top.add_parser("check-params", help="validate a params file")
     check.add_argument("path", type=Path, nargs="?", default=Path("params.yaml"))
     check.set_defaults(func=cmd_check_params)
+
+    ckpt = top.add_parser("checkpoint", help="checkpoint tools").add_subparsers(dest="stage", required=True)
+    p = ckpt.add_parser(
+        "import-reference", help="convert a reference-layout JOWA or tokenizer state dict to our format"
+    )
+    p.add_argument("--kind", choices=("world", "tokenizer"), required=True)
+    p.add_argument(
+        "--input", type=Path, required=True, help=".pt (torch.save state dict), .safetensors or .npz"
+    )
+    p.add_argument("--out", type=Path, required=True, help="our .safetensors checkpoint to write")
+    p.add_argument(
+        "--arch", default="150M", help='size name (40M, 70M, 150M) or a JSON mapping {"layers", ...}'
+    )
+    p.add_argument("--tokenizer-config", help="JSON tokenizer config (default: the paper's)")
+    p.set_defaults(func=cmd_import_reference)
 
     data = top.add_parser("data", help="the data phase").add_subparsers(dest="stage", required=True)
 

@@ -43,3 +43,51 @@ def test_check_params_names_the_file_and_key(tmp_path: Path) -> None:
         and "data.generate.seed: -1 is less than the minimum" in proc.stderr
     )
     assert jowa("check-params", str(root / "params.yaml")).returncode == 0
+
+
+FIXTURE = Path(__file__).resolve().parents[2] / "shared" / "reference" / "tiny_fixture"
+
+
+def test_import_reference_world_and_tokenizer(tmp_path: Path) -> None:
+    import json
+
+    import numpy as np
+    import pytest
+    import torch
+
+    from jowa.checkpoints import load_model, load_tokenizer
+
+    if not FIXTURE.is_dir():
+        pytest.skip(f"tiny fixture not found at {FIXTURE}")
+    spec = json.loads((FIXTURE / "tiny_fixture.json").read_text())
+    arch = {"layers": 2, "heads": 2, "width": 64, "q_hidden": 32, "q_ensemble": 2}
+    world = jowa(
+        "checkpoint", "import-reference", "--kind", "world", "--input", str(FIXTURE / "tiny_jowa_state.npz"),
+        "--arch", json.dumps(arch), "--out", str(tmp_path / "model.safetensors"),
+    )  # fmt: skip
+    assert world.returncode == 0, world.stderr
+    tok = jowa(
+        "checkpoint", "import-reference", "--kind", "tokenizer", "--input",
+        str(FIXTURE / "tiny_tokenizer_state.npz"), "--tokenizer-config", json.dumps(spec["tokenizer"]),
+        "--out", str(tmp_path / "tokenizer.safetensors"),
+    )  # fmt: skip
+    assert tok.returncode == 0, tok.stderr
+
+    io = np.load(FIXTURE / "tiny_io.npz")
+    model, meta = load_model(tmp_path / "model.safetensors")
+    assert meta["arch"] == arch
+    with torch.no_grad():
+        out = model.eval()(torch.from_numpy(io["tokens"]), torch.from_numpy(io["tasks"]))
+    torch.testing.assert_close(
+        out.reward_logits, torch.from_numpy(io["logits_rewards"]), rtol=1e-4, atol=1e-5
+    )
+    tokenizer, _ = load_tokenizer(tmp_path / "tokenizer.safetensors")
+    tokens = tokenizer.eval().encode(torch.from_numpy(io["frames"]))
+    assert torch.equal(tokens, torch.from_numpy(io["frame_tokens"]))
+
+    wrong = jowa(
+        "checkpoint", "import-reference", "--kind", "world", "--input", str(FIXTURE / "tiny_jowa_state.npz"),
+        "--arch", "40M", "--out", str(tmp_path / "wrong.safetensors"),
+    )  # fmt: skip
+    assert wrong.returncode == 1 and "wrong shape" in wrong.stderr and "transformer.blocks" in wrong.stderr
+    assert not (tmp_path / "wrong.safetensors").exists()

@@ -279,23 +279,33 @@ def _pieces(index: RunIndex, start: int, stop: int) -> Iterator[tuple[ReplayFile
             yield file, lo, hi
 
 
-def _row_plan(
-    index: RunIndex, episodes: Iterable[Episode], dest_start: int
-) -> dict[int, tuple[np.ndarray, ...]]:
-    """Per file position: (slots, destination rows) of every wanted row, sorted by slot."""
-    per_file: dict[int, list[tuple[np.ndarray, np.ndarray]]] = {}
+@dataclass(frozen=True)
+class SlotRun:
+    """`n` wanted rows stored in consecutive slots from `slot`, going to destination rows from `dest`."""
+
+    slot: int
+    n: int
+    dest: int
+
+
+def _plan(index: RunIndex, episodes: Iterable[Episode], dest_start: int) -> dict[int, list[SlotRun]]:
+    """Per file position: the wanted rows as slot runs sorted by slot (one or two per episode piece).
+
+    The plan's size follows the number of episodes, not of rows, so memory stays flat on long runs.
+    """
+    plan: dict[int, list[SlotRun]] = {}
     dest = dest_start
     for episode in episodes:
         for file, lo, hi in _pieces(index, episode.start_row, episode.start_row + episode.length):
-            dst = np.arange(dest + lo - episode.start_row, dest + hi - episode.start_row, dtype=np.int64)
-            per_file.setdefault(file.position, []).append((file.slots(lo, hi), dst))
+            first_slot, piece_dest = lo % file.capacity, dest + lo - episode.start_row
+            head = min(hi - lo, file.capacity - first_slot)  # rows before the slots wrap to 0
+            runs = plan.setdefault(file.position, [])
+            runs.append(SlotRun(first_slot, head, piece_dest))
+            if head < hi - lo:
+                runs.append(SlotRun(0, hi - lo - head, piece_dest + head))
         dest += episode.length
-    plan = {}
-    for position, parts in per_file.items():
-        slots = np.concatenate([p[0] for p in parts])
-        dst = np.concatenate([p[1] for p in parts])
-        order = np.argsort(slots, kind="stable")
-        plan[position] = (slots[order], dst[order])
+    for runs in plan.values():
+        runs.sort(key=lambda run: run.slot)
     return plan
 
 
@@ -312,15 +322,16 @@ def extract_rows(index: RunIndex, episodes: Sequence[Episode]) -> EpisodeArrays:
     """Actions, rewards and terminals of `episodes`, concatenated (small arrays only)."""
     total = sum(e.length for e in episodes)
     out = EpisodeArrays(np.zeros(total, np.int32), np.zeros(total, np.float32), np.zeros(total, np.uint8))
-    plan = _row_plan(index, episodes, 0)
+    plan = _plan(index, episodes, 0)
     for file in index.files:
         if file.position not in plan:
             continue
-        slots, dst = plan[file.position]
         arrays = _small_arrays(index.replay_dir, file)
-        out.actions[dst] = arrays["action"][slots]
-        out.rewards[dst] = arrays["reward"][slots]
-        out.terminals[dst] = arrays["terminal"][slots]
+        for run in plan[file.position]:
+            src, dst = slice(run.slot, run.slot + run.n), slice(run.dest, run.dest + run.n)
+            out.actions[dst] = arrays["action"][src]
+            out.rewards[dst] = arrays["reward"][src]
+            out.terminals[dst] = arrays["terminal"][src]
     return out
 
 
@@ -341,11 +352,10 @@ def extract_frames(
     `sink(block, dest)` receives consecutive frames for destination rows [dest, dest + len(block)); the
     block is a view into a reused buffer. Files holding no wanted row are not read at all.
     """
-    plan = _row_plan(index, episodes, dest_start)
+    plan = _plan(index, episodes, dest_start)
     for file in index.files:
         if file.position not in plan:
             continue
-        slots, dst = plan[file.position]
         path = _path(index.replay_dir, "observation", file.suffix)
         with NpyGzReader(path) as reader:
             if reader.dtype != np.uint8 or reader.shape != (file.capacity, 84, 84):
@@ -353,26 +363,36 @@ def extract_frames(
                     f"{path}: expected uint8 frames of shape ({file.capacity}, 84, 84), "
                     f"got {reader.dtype} {reader.shape}"
                 )
-            last_needed = int(slots[-1])
-            chunk_start = 0
-            for chunk in reader.iter_chunks(chunk_rows):
-                chunk_stop = chunk_start + len(chunk)
-                lo, hi = np.searchsorted(slots, [chunk_start, chunk_stop])
-                _emit_runs(chunk, slots[lo:hi] - chunk_start, dst[lo:hi], sink)
-                if on_bytes is not None:
-                    on_bytes(chunk.nbytes)
-                chunk_start = chunk_stop
-                if chunk_start > last_needed:
-                    break
+            _scatter(reader, plan[file.position], sink, chunk_rows, on_bytes)
 
 
-def _emit_runs(chunk: np.ndarray, local: np.ndarray, dst: np.ndarray, sink: FrameSink) -> None:
-    """Hand over maximal runs where both source slot and destination row advance by one."""
-    if len(local) == 0:
-        return
-    breaks = np.flatnonzero((np.diff(local) != 1) | (np.diff(dst) != 1)) + 1
-    for a, b in zip(np.r_[0, breaks], np.r_[breaks, len(local)], strict=True):
-        sink(chunk[local[a] : local[a] + (b - a)], int(dst[a]))
+def _scatter(
+    reader: NpyGzReader,
+    runs: list[SlotRun],
+    sink: FrameSink,
+    chunk_rows: int,
+    on_bytes: Callable[[int], None] | None,
+) -> None:
+    """Read a file chunk by chunk, handing each run's part in the chunk to `sink`; stop after the last run."""
+    last_needed = max(run.slot + run.n for run in runs)
+    first_open = 0  # runs before this index end before the current chunk
+    chunk_start = 0
+    for chunk in reader.iter_chunks(chunk_rows):
+        chunk_stop = chunk_start + len(chunk)
+        i = first_open
+        while i < len(runs) and runs[i].slot < chunk_stop:
+            run = runs[i]
+            lo, hi = max(run.slot, chunk_start), min(run.slot + run.n, chunk_stop)
+            if lo < hi:
+                sink(chunk[lo - chunk_start : hi - chunk_start], run.dest + lo - run.slot)
+            if run.slot + run.n <= chunk_stop and i == first_open:
+                first_open += 1
+            i += 1
+        if on_bytes is not None:
+            on_bytes(chunk.nbytes)
+        chunk_start = chunk_stop
+        if chunk_start >= last_needed:
+            break
 
 
 class FileFrameSink:

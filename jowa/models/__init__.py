@@ -1,0 +1,1 @@
+"""Neural network modules of the JOWA reproduction: tokenizer, world-action model and heads."""

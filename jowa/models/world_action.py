@@ -1,0 +1,348 @@
+"""The JOWA world-action model: a causal transformer over observation/action tokens with four heads.
+
+Sequence layout (spec 3.1): a step is a block of 37 tokens, slots j = 0..35 the 6x6 observation tokens of
+a frame in raster order and j = 36 the action; 8 steps make the 296-token window. Heads (spec 3.4) read
+the final-LN hidden states:
+
+- observation head at every slot except j = 35 (j = 0..34 predict token j+1, j = 36 the next frame's 0);
+- reward (sign classes) and termination heads at the action slot j = 36;
+- the distributional Q-head ensemble at j = 35, after the whole frame and before the action;
+- a frozen target copy of the Q head applied in the same pass to the detached hidden states (there is no
+  target transformer; spec gotcha 6).
+
+Difference from the reference (spec gotcha 20): the reference Q ensemble keeps its dropout active in
+eval mode; here every dropout, the ensemble's included, is off in eval mode, and the target head is
+always in eval mode.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from jowa.models.transformer import AttentionBackend, KVCache, Transformer, TransformerConfig
+
+ARCH_KEYS = ("layers", "heads", "width", "q_hidden", "q_ensemble")
+
+# Spec 3.3; the names are the paper's, which count frozen weights (see jowa.checkpoints.count_parameters).
+SIZES: dict[str, dict[str, int]] = {
+    "40M": {"layers": 4, "heads": 8, "width": 512, "q_hidden": 768, "q_ensemble": 1},
+    "70M": {"layers": 6, "heads": 12, "width": 768, "q_hidden": 1024, "q_ensemble": 1},
+    "150M": {"layers": 12, "heads": 12, "width": 768, "q_hidden": 1792, "q_ensemble": 3},
+}
+
+
+@dataclass(frozen=True)
+class JOWAConfig:
+    """Architecture of a JOWA model; defaults are the paper's (spec 3.1-3.4)."""
+
+    layers: int
+    heads: int
+    width: int
+    q_hidden: int
+    q_ensemble: int
+    q_dropout: float = 0.01
+    tokens_per_block: int = 37
+    max_blocks: int = 8
+    max_tasks: int = 60
+    obs_vocab: int = 2048
+    num_actions: int = 18
+    num_atoms: int = 51
+    vmin: float = -10.0
+    vmax: float = 30.0
+    dropout: float = 0.1
+    use_task_embed: bool = True
+    attention_backend: AttentionBackend = "auto"
+
+    @classmethod
+    def from_arch(cls, arch: str | Mapping[str, Any], **overrides: Any) -> JOWAConfig:
+        """Config from a size name ("40M", "70M", "150M") or a mapping with at least ARCH_KEYS.
+
+        A mapping may also set any other field; `overrides` win over both.
+        """
+        if isinstance(arch, str):
+            if arch not in SIZES:
+                raise ValueError(f"unknown JOWA size {arch!r}; expected one of {sorted(SIZES)} or a mapping")
+            arch = SIZES[arch]
+        fields = {**arch, **overrides}
+        missing = [key for key in ARCH_KEYS if key not in fields]
+        known = {field.name for field in dataclasses.fields(cls)}
+        unknown = sorted(set(fields) - known)
+        if missing or unknown:
+            raise ValueError(f"bad JOWA architecture: missing keys {missing}, unknown keys {unknown}")
+        return cls(**fields)
+
+    @property
+    def max_tokens(self) -> int:
+        return self.tokens_per_block * self.max_blocks
+
+    def transformer_config(self) -> TransformerConfig:
+        return TransformerConfig(
+            num_layers=self.layers,
+            num_heads=self.heads,
+            embed_dim=self.width,
+            max_tokens=self.max_tokens,
+            dropout=self.dropout,
+            attention_backend=self.attention_backend,
+        )
+
+    def atoms(self, device: torch.device | str | None = None) -> torch.Tensor:
+        """The C51 support z_k, linearly spaced on [vmin, vmax]."""
+        return torch.linspace(self.vmin, self.vmax, self.num_atoms, device=device)
+
+
+@dataclass
+class JOWAOutput:
+    """Head outputs for the positions present in the input (a partial window gives fewer of each).
+
+    q_logits and q_target_logits are (num_q, B, steps, num_actions * num_atoms), action-major: view them
+    as (..., num_actions, num_atoms).
+    """
+
+    obs_logits: torch.Tensor  # (B, positions with slot != 35, obs_vocab)
+    reward_logits: torch.Tensor  # (B, action positions, 3): classes sign(r) + 1
+    end_logits: torch.Tensor  # (B, action positions, 2)
+    q_logits: torch.Tensor
+    q_target_logits: torch.Tensor
+
+
+class QEnsemble(nn.Module):
+    """num_q independent MLPs evaluated together with weights stacked over members.
+
+    Member i: Linear(E,H) -> Dropout -> LayerNorm(H) -> Mish -> Linear(H,H) -> LayerNorm(H) -> Mish ->
+    Linear(H, A*Z). Weights are (members, out, in), the reference's stacked layout; dropout masks are
+    independent per member because the dropout acts on the stacked activations.
+    """
+
+    # Order of the reference's flat parameter list `head_module.params.0..9`.
+    PARAMETER_NAMES = (
+        "in_weight", "in_bias", "norm1_weight", "norm1_bias", "mid_weight", "mid_bias",
+        "norm2_weight", "norm2_bias", "out_weight", "out_bias",
+    )  # fmt: skip
+
+    def __init__(self, members: int, in_dim: int, hidden: int, out_dim: int, dropout: float) -> None:
+        super().__init__()
+        self.in_weight = nn.Parameter(torch.empty(members, hidden, in_dim))
+        self.in_bias = nn.Parameter(torch.empty(members, hidden))
+        self.norm1_weight = nn.Parameter(torch.empty(members, hidden))
+        self.norm1_bias = nn.Parameter(torch.empty(members, hidden))
+        self.mid_weight = nn.Parameter(torch.empty(members, hidden, hidden))
+        self.mid_bias = nn.Parameter(torch.empty(members, hidden))
+        self.norm2_weight = nn.Parameter(torch.empty(members, hidden))
+        self.norm2_bias = nn.Parameter(torch.empty(members, hidden))
+        self.out_weight = nn.Parameter(torch.empty(members, out_dim, hidden))
+        self.out_bias = nn.Parameter(torch.empty(members, out_dim))
+        self.dropout = nn.Dropout(dropout)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """PyTorch's default Linear/LayerNorm init, as the reference ensemble keeps (spec gotcha 18)."""
+        for weight, bias in (
+            (self.in_weight, self.in_bias),
+            (self.mid_weight, self.mid_bias),
+            (self.out_weight, self.out_bias),
+        ):
+            bound = 1.0 / math.sqrt(weight.shape[-1])
+            nn.init.uniform_(weight, -bound, bound)
+            nn.init.uniform_(bias, -bound, bound)
+        for weight, bias in ((self.norm1_weight, self.norm1_bias), (self.norm2_weight, self.norm2_bias)):
+            nn.init.ones_(weight)
+            nn.init.zeros_(bias)
+
+    @staticmethod
+    def _linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        """(members, N, in) or broadcastable (1, N, in) -> (members, N, out) with one batched matmul."""
+        return torch.baddbmm(bias.unsqueeze(1), x.expand(weight.shape[0], -1, -1), weight.transpose(1, 2))
+
+    @staticmethod
+    def _layer_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        return F.layer_norm(x, x.shape[-1:]) * weight.unsqueeze(1) + bias.unsqueeze(1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, S, E) hidden states -> (members, B, S, out_dim) logits."""
+        batch, steps, width = x.shape
+        h = self.dropout(self._linear(x.reshape(1, batch * steps, width), self.in_weight, self.in_bias))
+        h = F.mish(self._layer_norm(h, self.norm1_weight, self.norm1_bias))
+        h = self._linear(h, self.mid_weight, self.mid_bias)
+        h = F.mish(self._layer_norm(h, self.norm2_weight, self.norm2_bias))
+        out = self._linear(h, self.out_weight, self.out_bias)
+        return out.view(out.shape[0], batch, steps, out.shape[-1])
+
+
+class TokenLayout(NamedTuple):
+    """Where each kind of token sits in a window of `length` tokens starting at absolute position `start`."""
+
+    is_action: torch.Tensor  # (length,) bool, slot j == 36
+    obs_head: torch.Tensor  # indices with slot j != 35
+    action: torch.Tensor  # indices with slot j == 36
+    q: torch.Tensor  # indices with slot j == 35
+
+    @classmethod
+    def build(cls, start: int, length: int, tokens_per_block: int, device: torch.device) -> TokenLayout:
+        # Built on the CPU so that no boolean indexing waits for the GPU.
+        slots = torch.arange(start, start + length) % tokens_per_block
+        q_slot, action_slot = tokens_per_block - 2, tokens_per_block - 1
+        layout = (
+            slots == action_slot,
+            torch.nonzero(slots != q_slot).squeeze(1),
+            torch.nonzero(slots == action_slot).squeeze(1),
+            torch.nonzero(slots == q_slot).squeeze(1),
+        )
+        return cls(*(tensor.to(device, non_blocking=True) for tensor in layout))
+
+
+def _mlp_head(width: int, out_dim: int) -> nn.Sequential:
+    return nn.Sequential(nn.Linear(width, width), nn.ReLU(), nn.Linear(width, out_dim))
+
+
+def _init_gpt_weights(module: nn.Module) -> None:
+    """Spec 3.2 init: N(0, 0.02) Linear/Embedding weights, zero biases, LayerNorm (1, 0)."""
+    if isinstance(module, nn.Linear | nn.Embedding):
+        nn.init.normal_(module.weight, mean=0.0, std=0.02)
+    if isinstance(module, nn.Linear) and module.bias is not None:
+        nn.init.zeros_(module.bias)
+    if isinstance(module, nn.LayerNorm):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)
+
+
+def ensemble_probabilities(q_logits: torch.Tensor, num_actions: int) -> torch.Tensor:
+    """(num_q, B, S, A*Z) logits -> (B, S, A, Z) atom probabilities averaged over members (gotcha 5)."""
+    members, batch, steps, _ = q_logits.shape
+    per_member = q_logits.reshape(members, batch, steps, num_actions, -1).softmax(dim=-1)
+    return per_member.mean(dim=0)
+
+
+def expected_q(probabilities: torch.Tensor, atoms: torch.Tensor) -> torch.Tensor:
+    """Q(h, a) = sum_k z_k p_k: (..., A, Z) probabilities -> (..., A) values.
+
+    A product and sum rather than a matmul, which autocast would run in bf16: CQL's logsumexp over Q-values
+    near 10 would lose its third digit.
+    """
+    return (probabilities * atoms).sum(dim=-1)
+
+
+class JOWA(nn.Module):
+    """World-action model: `model(tokens, tasks, kv_cache)` -> JOWAOutput."""
+
+    def __init__(self, config: JOWAConfig) -> None:
+        super().__init__()
+        self.config = config
+        width = config.width
+        self.transformer = Transformer(config.transformer_config())
+        self.position_embedding = nn.Embedding(config.max_tokens, width)
+        self.action_embedding = nn.Embedding(config.num_actions, width)
+        self.observation_embedding = nn.Embedding(config.obs_vocab, width)
+        if config.use_task_embed:
+            self.task_embedding_action = nn.Embedding(config.max_tasks, width)
+            self.task_embedding_observation = nn.Embedding(config.max_tasks, width)
+        self.observation_head = _mlp_head(width, config.obs_vocab)
+        self.reward_head = _mlp_head(width, 3)
+        self.end_head = _mlp_head(width, 2)
+        self.apply(_init_gpt_weights)
+        q_out = config.num_actions * config.num_atoms
+        self.q_head = QEnsemble(config.q_ensemble, width, config.q_hidden, q_out, config.q_dropout)
+        self.q_target_head = copy.deepcopy(self.q_head).requires_grad_(False).eval()
+
+    def train(self, mode: bool = True) -> JOWA:
+        """Switch train/eval mode; the target Q head always stays in eval mode (no dropout in TD targets)."""
+        super().train(mode)
+        self.q_target_head.eval()
+        return self
+
+    @torch.no_grad()
+    def update_target(self) -> None:
+        """Hard copy of the online Q head into the target head (every 1000 steps in the reference)."""
+        for target, online in zip(self.q_target_head.parameters(), self.q_head.parameters(), strict=True):
+            target.copy_(online)
+
+    def new_kv_cache(self) -> KVCache:
+        """An empty cache for incremental decoding over at most one 296-token window."""
+        return self.transformer.new_kv_cache()
+
+    def _embed(
+        self, tokens: torch.Tensor, tasks: torch.Tensor, start: int, is_action: torch.Tensor
+    ) -> torch.Tensor:
+        is_action = is_action.unsqueeze(-1)
+        # Token ids index the action table at slot 36 and the observation table elsewhere; clamping only
+        # keeps the lookup of the unused table in range.
+        x = torch.where(
+            is_action,
+            self.action_embedding(tokens.clamp(max=self.config.num_actions - 1)),
+            self.observation_embedding(tokens),
+        )
+        positions = torch.arange(start, start + tokens.shape[1], device=tokens.device)
+        x = x + self.position_embedding(positions)
+        if self.config.use_task_embed:
+            task_action = self.task_embedding_action(tasks).unsqueeze(1)
+            task_observation = self.task_embedding_observation(tasks).unsqueeze(1)
+            x = x + torch.where(is_action, task_action, task_observation)
+        return x
+
+    def forward(
+        self, tokens: torch.Tensor, tasks: torch.Tensor, kv_cache: KVCache | None = None
+    ) -> JOWAOutput:
+        """Run `tokens` (B, T) of tasks (B,); with `kv_cache`, they continue the cached tokens.
+
+        Positions count from the start of the window: token i sits at position kv_cache.length + i.
+        """
+        batch, length = tokens.shape
+        start = 0 if kv_cache is None else kv_cache.length
+        if start + length > self.config.max_tokens:
+            raise ValueError(
+                f"{start} cached + {length} new tokens exceed the {self.config.max_tokens}-token window"
+            )
+        if tasks.shape != (batch,):
+            raise ValueError(f"tasks must have shape ({batch},), got {tuple(tasks.shape)}")
+        layout = TokenLayout.build(start, length, self.config.tokens_per_block, tokens.device)
+        hidden = self.transformer(self._embed(tokens, tasks, start, layout.is_action), kv_cache)
+        action_hidden = hidden[:, layout.action]
+        q_hidden = hidden[:, layout.q]
+        with torch.no_grad():
+            q_target_logits = self.q_target_head(q_hidden.detach())
+        return JOWAOutput(
+            obs_logits=self.observation_head(hidden[:, layout.obs_head]),
+            reward_logits=self.reward_head(action_hidden),
+            end_logits=self.end_head(action_hidden),
+            q_logits=self.q_head(q_hidden),
+            q_target_logits=q_target_logits,
+        )
+
+    def configure_optimizers(
+        self, world_lr: float, critic_lr: float, weight_decay: float = 0.01
+    ) -> torch.optim.AdamW:
+        """AdamW with the reference's three groups (spec 4.5, gotcha 17).
+
+        (i) Linear weights: decayed, world lr; (ii) biases, LayerNorm and embedding weights: not decayed,
+        world lr; (iii) the whole Q head, biases and norms included: decayed, critic lr.
+        """
+        decay, no_decay = [], []
+        for module_name, module in self.named_modules():
+            if module_name.startswith(("q_head", "q_target_head")):
+                continue
+            for name, parameter in module.named_parameters(recurse=False):
+                is_linear_weight = isinstance(module, nn.Linear) and name == "weight"
+                (decay if is_linear_weight else no_decay).append(parameter)
+        groups = [
+            {"name": "world_decay", "params": decay, "lr": world_lr, "weight_decay": weight_decay},
+            {"name": "world_no_decay", "params": no_decay, "lr": world_lr, "weight_decay": 0.0},
+            {
+                "name": "critic",
+                "params": [*self.q_head.parameters()],
+                "lr": critic_lr,
+                "weight_decay": weight_decay,
+            },
+        ]
+        grouped = sum(len(group["params"]) for group in groups)
+        trainable = sum(1 for parameter in self.parameters() if parameter.requires_grad)
+        if grouped != trainable:
+            raise RuntimeError(f"optimizer groups hold {grouped} tensors but the model trains {trainable}")
+        return torch.optim.AdamW(groups)
