@@ -78,6 +78,7 @@ class RunIndex:
     files: list[ReplayFile]
     episodes: list[Episode] = field(default_factory=list)
     gaps: list[tuple[int, int]] = field(default_factory=list)  # [start, stop) global rows no file holds
+    start_unknown: bool = False  # every log before the first file was skipped: earlier rows are unknown
 
     @property
     def num_files(self) -> int:
@@ -119,8 +120,15 @@ def _capacity(replay_dir: Path, suffix: int) -> int:
         return reader.shape[0]
 
 
-def _plan_files(replay_dir: Path, suffixes: Sequence[int], capacity: int) -> tuple[list[ReplayFile], list]:
-    """Place every file on the global row axis from its add_count; find gaps and duplicates."""
+def _plan_files(
+    replay_dir: Path, suffixes: Sequence[int], capacity: int
+) -> tuple[list[ReplayFile], list, bool]:
+    """Place every file on the global row axis from its add_count; find gaps and duplicates.
+
+    Also says whether the run's start is unknown: the first file is partial yet had wrapped, so every
+    earlier log was skipped and how many rows came before cannot be told.
+    """
+    start_unknown = False
     files: list[ReplayFile] = []
     gaps: list[tuple[int, int]] = []
     emitted = 0  # rows [0, emitted) are accounted for (held or gap)
@@ -129,10 +137,13 @@ def _plan_files(replay_dir: Path, suffixes: Sequence[int], capacity: int) -> tup
         add_count = int(load_array(path, dtype=np.int64, shape=()))
         if add_count < 0:
             raise ReplayFormatError(f"{path}: negative add_count {add_count}")
-        if add_count >= capacity or not files:
+        if add_count >= capacity:
             end_row = add_count
+        elif not files:  # the only file of a run shorter than the capacity, or every earlier log skipped
+            start_unknown = _wrapped(replay_dir, suffix, add_count, capacity)
+            end_row = add_count + capacity * start_unknown
         elif position == len(suffixes) - 1:  # the partial last file stores the cursor only
-            end_row = emitted + (add_count - emitted) % capacity
+            end_row = _partial_end_row(replay_dir, files[-1], suffix, add_count, emitted)
         else:
             raise ReplayFormatError(
                 f"{path}: add_count {add_count} is below the capacity {capacity}, which only the last "
@@ -151,7 +162,46 @@ def _plan_files(replay_dir: Path, suffixes: Sequence[int], capacity: int) -> tup
             )
         files.append(ReplayFile(suffix, position, add_count, end_row, first_row, capacity))
         emitted = max(emitted, end_row)
-    return files, gaps
+    if start_unknown:
+        log.warning(
+            "%s: the first checkpoint had wrapped before any log: the run's start is unknown", replay_dir
+        )
+    return files, gaps, start_unknown
+
+
+def _wrapped(replay_dir: Path, suffix: int, cursor: int, capacity: int) -> bool:
+    """Whether a first file with `add_count < C` had wrapped: its slots past the cursor hold episode ends.
+
+    A buffer that never wrapped has never written those slots (zero, or allocation leftovers in the last
+    slot as seen in Dopamine's own files); one whose every earlier log was skipped holds real rows there.
+    """
+    terminals = load_array(_path(replay_dir, "terminal", suffix), dtype=np.uint8, shape=(capacity,))
+    return bool(terminals[cursor : capacity - 1].any())
+
+
+def _partial_end_row(replay_dir: Path, previous: ReplayFile, suffix: int, cursor: int, emitted: int) -> int:
+    """Rows seen when the partial last file was written, which stores only the cursor `T % C`.
+
+    If no log was skipped since `previous`, `T` is the first count >= `emitted` congruent to the cursor,
+    and every slot this file did not write since then still holds exactly what `previous` holds. If a
+    whole wrap went unlogged in between, those slots were overwritten: `T` is then (at least) one
+    capacity later and the whole file is new.
+    """
+    capacity = previous.capacity
+    end_row = emitted + (cursor - emitted) % capacity
+    current = ReplayFile(suffix, previous.position + 1, cursor, end_row, emitted, capacity)
+    unchanged = np.ones(capacity, bool)
+    unchanged[current.slots(emitted, end_row)] = False  # slots written since `previous`
+    before, now = _small_arrays(replay_dir, previous), _small_arrays(replay_dir, current)
+    if all(np.array_equal(before[k][unchanged], now[k][unchanged]) for k in before):
+        return end_row
+    log.warning(
+        "%s: the partial last file differs from checkpoint %d outside the slots written since: a log was "
+        "skipped in between",
+        _path(replay_dir, "add_count", suffix),
+        previous.suffix,
+    )
+    return end_row + capacity
 
 
 def _small_arrays(replay_dir: Path, file: ReplayFile) -> dict[str, np.ndarray]:
@@ -247,15 +297,17 @@ def index_run(replay_dir: Path | str) -> RunIndex:
     replay_dir = Path(replay_dir)
     suffixes = _check_suffixes(replay_dir)
     capacity = _capacity(replay_dir, suffixes[0])
-    files, gaps = _plan_files(replay_dir, suffixes, capacity)
+    files, gaps, start_unknown = _plan_files(replay_dir, suffixes, capacity)
     splitter = _EpisodeSplitter()
+    if start_unknown:
+        splitter.gap()
     gap_starts = {stop for _, stop in gaps}
     for file in files:
         if file.new_rows and file.first_row in gap_starts:
             splitter.gap()
         arrays = _small_arrays(replay_dir, file)
         splitter.feed(_path(replay_dir, "terminal", file.suffix), file, arrays)
-    index = RunIndex(replay_dir, capacity, files, splitter.finish(), gaps)
+    index = RunIndex(replay_dir, capacity, files, splitter.finish(), gaps, start_unknown)
     log.info(
         "%s: %d files, %d episodes (%d truncated), %d rows in gaps",
         replay_dir,
