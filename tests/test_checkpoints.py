@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import struct
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,16 +15,6 @@ from jowa.checkpoints import count_parameters, load_model, read_metadata, save_m
 from jowa.models.world_action import JOWA, JOWAConfig
 
 TINY = JOWAConfig.from_arch({"layers": 2, "heads": 2, "width": 32, "q_hidden": 16, "q_ensemble": 2})
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    """Tiny models gain nothing from intra-op threads, and on a busy machine OpenMP's waiting makes
-    each small op many times slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -17,16 +16,6 @@ from jowa.models.world_action import JOWA, JOWAConfig, JOWAOutput
 FIXTURE = Path(__file__).resolve().parents[2] / "shared" / "reference" / "tiny_fixture"
 TINY_ARCH = {"layers": 2, "heads": 2, "width": 64, "q_hidden": 32, "q_ensemble": 2, "q_dropout": 0.0}
 ATOMS = JOWAConfig.from_arch(TINY_ARCH).atoms()  # 51 atoms on [-10, 30], spacing 0.8
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    """Tiny models gain nothing from intra-op threads, and on a busy machine OpenMP's waiting makes
-    each small op many times slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(autouse=True)

@@ -7,7 +7,6 @@ the reference's outputs on 4 segments, in eval mode with the Q ensemble's dropou
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -22,16 +21,6 @@ REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference"
 FIXTURE = REFERENCE / "tiny_fixture"
 TINY_ARCH = {"layers": 2, "heads": 2, "width": 64, "q_hidden": 32, "q_ensemble": 2, "q_dropout": 0.0}
 needs_fixture = pytest.mark.skipif(not FIXTURE.is_dir(), reason=f"tiny fixture not found at {FIXTURE}")
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    """Tiny models gain nothing from intra-op threads, and on a busy machine OpenMP's waiting makes
-    each small op many times slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def assert_close(actual: torch.Tensor, expected: torch.Tensor) -> None:
