@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -21,6 +19,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from jowa.atomic import atomic_file
 from jowa.models.tokenizer import Tokenizer, TokenizerConfig, tokenizer_from_reference
 from jowa.models.world_action import JOWA, JOWAConfig, QEnsemble, TokenLayout
 
@@ -58,16 +57,8 @@ def read_metadata(path: str | Path, expected_format: str = FORMAT) -> dict[str, 
 
 
 def _write_atomic(path: Path, tensors: Mapping[str, torch.Tensor], header: dict[str, str]) -> None:
-    """Write a safetensors file through a temp file and a rename, so a crash leaves no partial checkpoint."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(descriptor)
-    try:
-        save_file({k: v.detach().contiguous() for k, v in tensors.items()}, temp_name, metadata=header)
-        os.replace(temp_name, path)
-    except BaseException:
-        Path(temp_name).unlink(missing_ok=True)
-        raise
+    with atomic_file(path) as tmp:
+        save_file({k: v.detach().contiguous() for k, v in tensors.items()}, str(tmp), metadata=header)
 
 
 def save_model(

@@ -13,11 +13,12 @@ import os
 import re
 import zlib
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
+
+from jowa.atomic import atomic_file
 
 try:  # ISA-L: same gzip format, much faster inflate.
     from isal import igzip as _fast_gzip
@@ -189,23 +190,10 @@ def load_array(
         return reader.read_all()
 
 
-@contextmanager
-def atomic_path(final: Path | str) -> Iterator[Path]:
-    """Yield a temporary sibling path that is renamed to `final` only if the block succeeds."""
-    final = Path(final)
-    tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
-    try:
-        yield tmp
-        os.replace(tmp, final)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
 def write_array(path: Path | str, array: np.ndarray, compresslevel: int = 6) -> None:
     """Write `array` the way Dopamine does (`np.save` into one gzip member), atomically."""
     with (
-        atomic_path(Path(path)) as tmp,
+        atomic_file(path) as tmp,
         open(tmp, "wb") as raw,
         gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=compresslevel, mtime=0) as out,
     ):

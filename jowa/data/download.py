@@ -31,6 +31,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from jowa.atomic import atomic_file
 from jowa.data.dopamine_format import (
     ALL_KINDS,
     FILES_PER_SUFFIX,
@@ -38,7 +39,6 @@ from jowa.data.dopamine_format import (
     STORE_SPECS,
     NpyGzReader,
     ReplayFormatError,
-    atomic_path,
     checkpoint_filename,
     list_suffixes,
     parse_checkpoint_filename,
@@ -591,7 +591,7 @@ def _manifest_rows(replay_dir: Path) -> list[dict]:
 def _write_manifest_rows(rows: list[dict], path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     lines = ["\t".join(MANIFEST_COLUMNS)] + [f"{r['name']}\t{r['size']}\t{r['md5']}" for r in rows]
-    with atomic_path(path) as tmp:
+    with atomic_file(path) as tmp:
         tmp.write_text("\n".join(lines) + "\n")
 
 

@@ -13,16 +13,14 @@ that every downstream step (reader, converter, sampler) can consume unchanged. T
 
 from __future__ import annotations
 
-import os
-import shutil
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from jowa.atomic import atomic_dir
 from jowa.data.dopamine_format import (
     FILES_PER_SUFFIX,
     STACK_SIZE,
@@ -196,41 +194,6 @@ def play_episode(
     raise AssertionError("unreachable: the last step always ends the episode")
 
 
-@contextmanager
-def staged_directory(final: Path) -> Iterator[Path]:
-    """Yield a temporary sibling of `final`, renamed into place only if the block succeeds.
-
-    A killed run leaves at most a hidden `.name.tmp-PID` directory, never one named like a finished run;
-    on an exception the temporary directory, and any parents this call created, are removed.
-    """
-    if final.exists():
-        raise FileExistsError(f"{final} already exists; remove it to regenerate the run")
-    created = _make_parents(final.parent)
-    tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
-        yield tmp
-        os.rename(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        for parent in created:
-            _rmdir_if_empty(parent)
-        raise
-
-
-def _make_parents(directory: Path) -> list[Path]:
-    """Create `directory` and missing ancestors; return those created, deepest first."""
-    missing = [p for p in (directory, *directory.parents) if not p.exists()]
-    directory.mkdir(parents=True, exist_ok=True)
-    return missing
-
-
-def _rmdir_if_empty(directory: Path) -> None:
-    with suppress(OSError):
-        directory.rmdir()
-
-
 def generate_run(
     game: str,
     out_dir: Path,
@@ -257,7 +220,7 @@ def generate_run(
     env = make_env(game, sticky_actions)  # before touching the disk: an unknown game creates nothing
     started = time.perf_counter()
     try:
-        with staged_directory(out_dir) as tmp:
+        with atomic_dir(out_dir) as tmp:
             writer = DopamineReplayWriter(tmp, capacity)
             played, episodes = _play_steps(env, writer, steps, seed, max_episode_steps, progress, game)
             writer.finish()

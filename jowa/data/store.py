@@ -17,8 +17,6 @@ and one whose window runs past the episode's end keeps only its valid steps (`se
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -74,22 +72,6 @@ class TrainingStore:
 
     def __len__(self) -> int:
         return len(self.actions)
-
-
-def staging_dir(final: Path) -> Path:
-    """A fresh hidden sibling of `final` to build a store in; renamed into place by `commit`."""
-    tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    return tmp
-
-
-def commit(tmp: Path, final: Path) -> None:
-    """Replace `final` with the finished staging directory in one rename."""
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
 
 
 def write_arrays(

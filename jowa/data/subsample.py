@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import shutil
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -24,8 +23,9 @@ import numpy as np
 from tqdm import tqdm
 
 from jowa import games
+from jowa.atomic import atomic_dir
 from jowa.data.replay import Episode, FileFrameSink, RunIndex, extract_frames, extract_rows, index_run
-from jowa.data.store import commit, staging_dir, write_arrays
+from jowa.data.store import write_arrays
 
 log = logging.getLogger(__name__)
 
@@ -112,8 +112,7 @@ def build_store(
             "%s: only %d transitions of whole episodes available, %d asked for", game, total, transitions
         )
 
-    tmp = staging_dir(out)
-    try:
+    with atomic_dir(out, replace=True) as tmp:
         actions, rewards, terminals = _copy_rows(game, chosen, indexes)
         _copy_frames(chosen, indexes, tmp / "frames.npy", total, progress)
         episode_starts = np.concatenate([[0], np.cumsum([c.episode.length for c in chosen])])
@@ -140,10 +139,6 @@ def build_store(
                 **(extra_meta or {}),
             },
         )
-        commit(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return meta
 
 
