@@ -361,6 +361,14 @@ def _plan(index: RunIndex, episodes: Iterable[Episode], dest_start: int) -> dict
     return plan
 
 
+def files_holding(index: RunIndex, episodes: Iterable[Episode]) -> list[ReplayFile]:
+    """The files that hold at least one row of `episodes`: those that extraction reads."""
+    positions = {
+        file.position for e in episodes for file, _, _ in _pieces(index, e.start_row, e.start_row + e.length)
+    }
+    return [file for file in index.files if file.position in positions]
+
+
 @dataclass
 class EpisodeArrays:
     """Per-row arrays of a list of episodes, concatenated in the given episode order."""

@@ -24,7 +24,15 @@ from tqdm import tqdm
 
 from jowa import games
 from jowa.atomic import atomic_dir
-from jowa.data.replay import Episode, FileFrameSink, RunIndex, extract_frames, extract_rows, index_run
+from jowa.data.replay import (
+    Episode,
+    FileFrameSink,
+    RunIndex,
+    extract_frames,
+    extract_rows,
+    files_holding,
+    index_run,
+)
 from jowa.data.store import write_arrays
 
 log = logging.getLogger(__name__)
@@ -112,9 +120,10 @@ def build_store(
             "%s: only %d transitions of whole episodes available, %d asked for", game, total, transitions
         )
 
+    by_run = {run: [c.episode for c in chosen if c.run == run] for run in indexes}
     with atomic_dir(out, replace=True) as tmp:
-        actions, rewards, terminals = _copy_rows(game, chosen, indexes)
-        _copy_frames(chosen, indexes, tmp / "frames.npy", total, progress)
+        actions, rewards, terminals = _copy_rows(game, by_run, indexes)
+        _copy_frames(by_run, indexes, tmp / "frames.npy", total, progress)
         episode_starts = np.concatenate([[0], np.cumsum([c.episode.length for c in chosen])])
         meta = write_arrays(
             tmp,
@@ -143,16 +152,15 @@ def build_store(
 
 
 def _copy_rows(
-    game: str, chosen: list[Candidate], indexes: dict[int, RunIndex]
+    game: str, by_run: dict[int, list[Episode]], indexes: dict[int, RunIndex]
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Actions mapped to the full 18-way index, rewards clipped, terminals; in store order."""
     to_full = games.minimal_to_full(game)
     parts = []
     for run, index in indexes.items():
-        episodes = [c.episode for c in chosen if c.run == run]
-        if not episodes:
+        if not by_run[run]:
             continue
-        rows = extract_rows(index, episodes)
+        rows = extract_rows(index, by_run[run])
         bad = (rows.actions < 0) | (rows.actions >= len(to_full))
         if bad.any():
             raise ValueError(
@@ -164,12 +172,9 @@ def _copy_rows(
 
 
 def _copy_frames(
-    chosen: list[Candidate], indexes: dict[int, RunIndex], path: Path, total: int, progress: bool
+    by_run: dict[int, list[Episode]], indexes: dict[int, RunIndex], path: Path, total: int, progress: bool
 ) -> None:
-    files_to_read = sum(
-        len({f.position for c in chosen if c.run == run for f in _files_of(index, c.episode)})
-        for run, index in indexes.items()
-    )
+    files_to_read = sum(len(files_holding(index, by_run[run])) for run, index in indexes.items())
     frame_bytes = 84 * 84 * max(i.capacity for i in indexes.values())
     bar = tqdm(
         total=files_to_read * frame_bytes,
@@ -183,12 +188,6 @@ def _copy_frames(
     dest = 0
     with FileFrameSink(path, total) as sink, bar:
         for run, index in indexes.items():
-            episodes = [c.episode for c in chosen if c.run == run]
-            extract_frames(index, episodes, sink, dest_start=dest, on_bytes=bar.update)
-            dest += sum(e.length for e in episodes)
+            extract_frames(index, by_run[run], sink, dest_start=dest, on_bytes=bar.update)
+            dest += sum(e.length for e in by_run[run])
         bar.total = bar.n  # files are read only up to their last wanted row
-
-
-def _files_of(index: RunIndex, episode: Episode) -> list:
-    stop = episode.start_row + episode.length
-    return [f for f in index.files if f.first_row < stop and episode.start_row < f.end_row]
