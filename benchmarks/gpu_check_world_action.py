@@ -12,6 +12,11 @@ terminal and cut segments, then for each attention backend (SDPA, and flash-attn
 * times training steps (train mode, forward + backward + clip-norm 1.0 + AdamW) and records the peak
   GPU memory.
 
+On CUDA a third variant, "sdpa-flash-kernel", runs the SDPA path with PyTorch's own FlashAttention-2
+kernel forced (the training forward is plain causal, so SDPA may pick it; forcing it makes a failure
+visible instead of a silent fallback). The KV-cache part of that variant also allows the memory-efficient
+kernel, since flash kernels take no explicit mask.
+
 Results go to `benchmarks/results/gpu_check_world_action.json` (`..._tiny.json` with `--tiny`). Not
 run in CI; `--tiny` runs on a CPU in seconds as a smoke check of the script itself.
 
@@ -22,6 +27,7 @@ run in CI; `--tiny` runs on a CPU in seconds as a smoke check of the script itse
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import platform
@@ -32,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from jowa.games import PRETRAIN_GAMES, task_id
 from jowa.models.losses import critic_losses, task_action_masks, world_model_losses
@@ -189,14 +196,27 @@ def time_training_steps(model: JOWA, data: dict[str, torch.Tensor], warmup: int,
     }
 
 
+def kernel_choice(variant: str, masked: bool) -> contextlib.AbstractContextManager:
+    """SDPA kernels a variant may use; `masked` is for calls with an explicit mask (KV-cache decoding)."""
+    if variant != "sdpa-flash-kernel":
+        return contextlib.nullcontext()
+    if masked:
+        return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION])
+    return sdpa_kernel([SDPBackend.FLASH_ATTENTION])
+
+
 def check_backend(
-    backend: str, config: JOWAConfig, state: dict[str, torch.Tensor], data: dict, reference: dict, args
+    variant: str, config: JOWAConfig, state: dict[str, torch.Tensor], data: dict, reference: dict, args
 ) -> dict[str, Any]:
+    backend = "flash" if variant == "flash" else "sdpa"
     model = JOWA(dataclasses.replace(config, attention_backend=backend)).to(data["tokens"].device)
     model.load_state_dict(state)
-    result = compare(forward_backward(model, data, bf16=True), reference)
-    result["kv_cache"] = kv_cache_error(model, data)
-    result["training_step"] = time_training_steps(model, data, args.warmup, args.iterations)
+    with kernel_choice(variant, masked=False):
+        result = compare(forward_backward(model, data, bf16=True), reference)
+    with kernel_choice(variant, masked=True):
+        result["kv_cache"] = kv_cache_error(model, data)
+    with kernel_choice(variant, masked=False):
+        result["training_step"] = time_training_steps(model, data, args.warmup, args.iterations)
     return result
 
 
@@ -214,8 +234,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     data = synthetic_batch(config, args.batch, device)
     reference = forward_backward(model, data, bf16=False)
     del model
-    backends = ["sdpa"] + (["flash"] if flash_attn_func is not None and device.type == "cuda" else [])
-    results = {backend: check_backend(backend, config, state, data, reference, args) for backend in backends}
+    variants = ["sdpa"]
+    if device.type == "cuda":
+        variants += ["sdpa-flash-kernel"] + (["flash"] if flash_attn_func is not None else [])
+    results = {variant: check_backend(variant, config, state, data, reference, args) for variant in variants}
     return {
         "device": torch.cuda.get_device_name(device)
         if device.type == "cuda"
