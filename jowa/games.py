@@ -123,8 +123,8 @@ class Normalizers:
     dqn: float
 
 
-# Copied from shared/reference/reference_scores.json ("normalizers") so the package works without the
-# shared folder; a test keeps the two in sync.
+# Copied from the shared reference_scores.json ("normalizers"; tests/reference holds a copy) so the
+# package needs no data files; tests/test_games.py keeps the two in sync.
 _NORMALIZERS: dict[str, Normalizers] = {
     "Assault": Normalizers(random=222.4, human=742.0, dqn=1525.2),
     "Atlantis": Normalizers(random=12850.0, human=29028.1, dqn=853640.0),

@@ -82,5 +82,6 @@ def test_count_parameters_with_our_own_tokenizer() -> None:
 
 
 def test_tokenizer_import_is_reexported() -> None:
-    tokenizer = pytest.importorskip("jowa.models.tokenizer")
+    from jowa.models import tokenizer
+
     assert checkpoints.tokenizer_from_reference is tokenizer.tokenizer_from_reference

@@ -45,20 +45,17 @@ def test_check_params_names_the_file_and_key(tmp_path: Path) -> None:
     assert jowa("check-params", str(root / "params.yaml")).returncode == 0
 
 
-FIXTURE = Path(__file__).resolve().parents[2] / "shared" / "reference" / "tiny_fixture"
+FIXTURE = Path(__file__).resolve().parent / "reference" / "tiny_fixture"
 
 
 def test_import_reference_world_and_tokenizer(tmp_path: Path) -> None:
     import json
 
     import numpy as np
-    import pytest
     import torch
 
     from jowa.checkpoints import load_model, load_tokenizer
 
-    if not FIXTURE.is_dir():
-        pytest.skip(f"tiny fixture not found at {FIXTURE}")
     spec = json.loads((FIXTURE / "tiny_fixture.json").read_text())
     arch = {"layers": 2, "heads": 2, "width": 64, "q_hidden": 32, "q_ensemble": 2}
     world = jowa(

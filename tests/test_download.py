@@ -30,7 +30,7 @@ from jowa.data.download import (
     write_manifest,
 )
 
-FIXTURE = Path("/work/shared/reference/dopamine_fixture")
+FIXTURE = Path(__file__).resolve().parent / "reference" / "dopamine_fixture"
 GAME, RUN, N_SUFFIXES = "Long", 1, 12
 REAL_GSUTIL = shutil.which("gsutil")
 DENIED_LINE = (
@@ -40,14 +40,11 @@ DENIED_LINE = (
 UNREACHABLE_LINE = "httplib2.error.ServerNotFoundError: Unable to find the server at storage.googleapis.com"
 
 needs_gsutil = pytest.mark.skipif(REAL_GSUTIL is None, reason="gsutil is not installed")
-needs_fixture = pytest.mark.skipif(not FIXTURE.is_dir(), reason="Dopamine fixture not available")
 
 
 @pytest.fixture
 def mirror(tmp_path: Path) -> Path:
     """A writable local mirror holding mirror/Long/1/replay_logs (the fixture is read-only)."""
-    if not FIXTURE.is_dir():
-        pytest.skip("Dopamine fixture not available")
     root = tmp_path / "mirror"
     shutil.copytree(FIXTURE / GAME, root / GAME, copy_function=shutil.copyfile)
     return root
@@ -244,8 +241,6 @@ def test_wrong_dtype_is_named(mirror, out):
 
 
 def test_check_run_complete_on_fixture_runs():
-    if not FIXTURE.is_dir():
-        pytest.skip("Dopamine fixture not available")
     assert check_run_complete(FIXTURE / "Long/1/replay_logs") == list(range(12))
     assert check_run_complete(FIXTURE / "Short/1/replay_logs") == [0, 1, 2]
     assert check_run_complete(FIXTURE / "Edge/1/replay_logs") == [0, 1]

@@ -1,6 +1,6 @@
 """The generator against Dopamine's own files, and on real ALE games.
 
-The fixture (shared/reference/dopamine_fixture) was written by Dopamine's 2019 replay buffer with
+The fixture (tests/reference/dopamine_fixture) was written by Dopamine's 2019 replay buffer with
 batch_rl's logging rule; truth.json lists every step the agent added. Feeding those steps through
 `DopamineReplayWriter` must give back the same files, array for array, including skipped logs.
 """
@@ -25,9 +25,8 @@ from jowa.data.dopamine_format import (
 )
 from jowa.data.generate import DopamineReplayWriter, generate_run, make_env
 
-FIXTURE = Path(__file__).resolve().parents[2] / "shared" / "reference" / "dopamine_fixture"
+FIXTURE = Path(__file__).resolve().parent / "reference" / "dopamine_fixture"
 RUNS = ["Long/1", "Short/1", "Edge/1"]
-needs_fixture = pytest.mark.skipif(not FIXTURE.is_dir(), reason=f"Dopamine fixture not found at {FIXTURE}")
 
 GAME = "SpaceInvaders"  # short random episodes (~450 steps): many episode starts in a small run
 CAPACITY = 500
@@ -67,7 +66,6 @@ def truth(run: str) -> dict:
     return json.loads((FIXTURE / "truth.json").read_text())["runs"][run]
 
 
-@needs_fixture
 @pytest.mark.parametrize("run", RUNS)
 def test_writer_reproduces_dopamine_files(run: str, tmp_path: Path) -> None:
     info = truth(run)
@@ -90,7 +88,6 @@ def test_writer_reproduces_dopamine_files(run: str, tmp_path: Path) -> None:
             np.testing.assert_array_equal(ours, ref, err_msg=where)
 
 
-@needs_fixture
 def test_fixture_unwritten_slots_are_np_empty_leftovers(tmp_path: Path) -> None:
     """Only the first files of Long and Edge have a never-written slot (39); Edge's reward there is the
     float32 with bit pattern 5 (7e-45), left over from np.empty: no writer can reproduce that value."""

@@ -13,7 +13,7 @@ from jowa.checkpoints import from_reference
 from jowa.models.losses import critic_losses, project_distribution, task_action_masks, world_model_losses
 from jowa.models.world_action import JOWA, JOWAConfig, JOWAOutput
 
-FIXTURE = Path(__file__).resolve().parents[2] / "shared" / "reference" / "tiny_fixture"
+FIXTURE = Path(__file__).resolve().parent / "reference" / "tiny_fixture"
 TINY_ARCH = {"layers": 2, "heads": 2, "width": 64, "q_hidden": 32, "q_ensemble": 2, "q_dropout": 0.0}
 ATOMS = JOWAConfig.from_arch(TINY_ARCH).atoms()  # 51 atoms on [-10, 30], spacing 0.8
 
@@ -25,8 +25,6 @@ def seed() -> None:
 
 @pytest.fixture(scope="module")
 def fixture_run() -> tuple[JOWA, dict[str, torch.Tensor], JOWAOutput, dict]:
-    if not FIXTURE.is_dir():
-        pytest.skip(f"tiny fixture not found at {FIXTURE}")
     model = from_reference(dict(np.load(FIXTURE / "tiny_jowa_state.npz")), TINY_ARCH).eval()
     io = {name: torch.from_numpy(value) for name, value in np.load(FIXTURE / "tiny_io.npz").items()}
     expected = json.loads((FIXTURE / "tiny_fixture.json").read_text())

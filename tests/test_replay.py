@@ -1,4 +1,4 @@
-"""The reader against runs written by Dopamine's own 2019 replay buffer (shared/reference/dopamine_fixture).
+"""The reader against runs written by Dopamine's own 2019 replay buffer (tests/reference/dopamine_fixture).
 
 Every real frame of the fixture encodes its step id, so what the reader yields can be checked against
 the files themselves and against truth.json, which lists every step the agent ever added.
@@ -17,9 +17,8 @@ import pytest
 from jowa.data.dopamine_format import NpyGzReader, ReplayFormatError, checkpoint_filename, list_suffixes
 from jowa.data.replay import index_run, read_episodes
 
-FIXTURE = Path(__file__).resolve().parents[2] / "shared" / "reference" / "dopamine_fixture"
+FIXTURE = Path(__file__).resolve().parent / "reference" / "dopamine_fixture"
 RUNS = ["Long/1", "Short/1", "Edge/1"]
-pytestmark = pytest.mark.skipif(not FIXTURE.is_dir(), reason=f"Dopamine fixture not found at {FIXTURE}")
 
 
 def step_ids(frames: np.ndarray) -> list[int]:

@@ -17,17 +17,9 @@ from jowa.models.tokenizer import (
     tokenizer_from_reference,
 )
 
-REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference"
+REFERENCE = Path(__file__).resolve().parent / "reference"
 FIXTURE = REFERENCE / "tiny_fixture"
 SHAPES_JSON = REFERENCE / "jowa_state_dict_shapes.json"
-
-needs_fixture = pytest.mark.skipif(
-    not (FIXTURE / "tiny_tokenizer_state.npz").is_file(),
-    reason=f"reference tiny fixture not found at {FIXTURE}",
-)
-needs_shapes = pytest.mark.skipif(
-    not SHAPES_JSON.is_file(), reason=f"reference state-dict shapes not found at {SHAPES_JSON}"
-)
 
 TINY = TokenizerConfig(
     vocab_size=64,
@@ -105,7 +97,6 @@ def test_config_defaults_are_the_released_ones() -> None:
     assert (c.latent_resolution, c.tokens_per_frame) == (6, 36)
 
 
-@needs_fixture
 def test_config_from_reference_layout(fixture_meta: dict) -> None:
     cfg = TokenizerConfig.from_dict(fixture_meta["tokenizer"])
     assert cfg == TINY
@@ -124,21 +115,18 @@ def test_config_rejects_unknown_keys_and_bad_resolution() -> None:
 # ----------------------------------------------------------------------------------------------- fixture
 
 
-@needs_fixture
 def test_fixture_state_loads_strictly_by_name(fixture_state: dict) -> None:
     model = Tokenizer(TINY)
     missing, unexpected = model.load_state_dict({k: torch.from_numpy(v) for k, v in fixture_state.items()})
     assert missing == [] and unexpected == []
 
 
-@needs_fixture
 def test_fixture_tokens_reproduced_exactly(reference_tokenizer: Tokenizer, fixture_io: dict) -> None:
     tokens = reference_tokenizer.encode(torch.from_numpy(fixture_io["frames"]))
     assert tokens.dtype == torch.long and tokens.shape == (3, 36)
     assert torch.equal(tokens, torch.from_numpy(fixture_io["frame_tokens"]))
 
 
-@needs_fixture
 def test_fixture_reconstructions_reproduced(reference_tokenizer: Tokenizer, fixture_io: dict) -> None:
     expected = torch.from_numpy(fixture_io["reconstructions"])  # (y + 1) / 2, not clamped
     frames = torch.from_numpy(fixture_io["frames"])
@@ -153,7 +141,6 @@ def test_fixture_reconstructions_reproduced(reference_tokenizer: Tokenizer, fixt
     torch.testing.assert_close(clamped, expected.clamp(0, 1), rtol=1e-4, atol=1e-5)
 
 
-@needs_fixture
 def test_fixture_losses_reproduced(
     reference_tokenizer: Tokenizer, fixture_io: dict, fixture_meta: dict
 ) -> None:
@@ -181,7 +168,6 @@ def test_full_size_parameter_counts(full_model: Tokenizer) -> None:
     assert count(model) == 4_047_489
 
 
-@needs_shapes
 def test_full_size_layout_is_the_reference_one(full_model: Tokenizer, full_shapes: dict) -> None:
     assert {k: list(v.shape) for k, v in full_model.state_dict().items()} == full_shapes
     state = {k: np.zeros(shape, dtype=np.float32) for k, shape in full_shapes.items()}
@@ -191,7 +177,6 @@ def test_full_size_layout_is_the_reference_one(full_model: Tokenizer, full_shape
     assert loaded.encoder.conv_in.weight.abs().sum() == 0 and loaded.lpips is None
 
 
-@needs_shapes
 def test_reference_loader_names_offending_keys(full_shapes: dict) -> None:
     good = {k: torch.zeros(shape) for k, shape in full_shapes.items()}
     wrong_shape = dict(good, **{"encoder.down.1.attn.0.q.weight": torch.zeros(64, 64, 3, 3)})

@@ -1,6 +1,6 @@
 """The JOWA model against the reference: the tiny fixture's outputs, the released layouts and counts.
 
-The tiny fixture (shared/reference/tiny_fixture) holds reference-layout weights of a 2-layer model and
+The tiny fixture (tests/reference/tiny_fixture) holds reference-layout weights of a 2-layer model and
 the reference's outputs on 4 segments, in eval mode with the Q ensemble's dropout at 0 (spec gotcha 20).
 """
 
@@ -17,10 +17,9 @@ from jowa.checkpoints import count_parameters, from_reference
 from jowa.models.transformer import flash_attn_func
 from jowa.models.world_action import JOWA, SIZES, JOWAConfig, JOWAOutput
 
-REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference"
+REFERENCE = Path(__file__).resolve().parent / "reference"
 FIXTURE = REFERENCE / "tiny_fixture"
 TINY_ARCH = {"layers": 2, "heads": 2, "width": 64, "q_hidden": 32, "q_ensemble": 2, "q_dropout": 0.0}
-needs_fixture = pytest.mark.skipif(not FIXTURE.is_dir(), reason=f"tiny fixture not found at {FIXTURE}")
 
 
 def assert_close(actual: torch.Tensor, expected: torch.Tensor) -> None:
@@ -48,7 +47,6 @@ def full_output(tiny_model: JOWA, io: dict[str, torch.Tensor]) -> JOWAOutput:
         return tiny_model(io["tokens"], io["tasks"])
 
 
-@needs_fixture
 def test_full_context_matches_reference(full_output: JOWAOutput, io: dict[str, torch.Tensor]) -> None:
     out = full_output
     assert out.obs_logits.shape == (4, 288, 2048)
@@ -59,7 +57,6 @@ def test_full_context_matches_reference(full_output: JOWAOutput, io: dict[str, t
     assert_close(out.q_target_logits, io["logits_q_target"])
 
 
-@needs_fixture
 def test_partial_context_matches_reference(tiny_model: JOWA, io: dict[str, torch.Tensor]) -> None:
     with torch.no_grad():
         out = tiny_model(io["tokens"][:, :100], io["tasks"])
@@ -88,7 +85,6 @@ def decode_in_chunks(model: JOWA, tokens: torch.Tensor, tasks: torch.Tensor, chu
     }
 
 
-@needs_fixture
 # One token at a time through the first two blocks and at the end; chunks starting at every kind of slot.
 @pytest.mark.parametrize("chunks", [[1] * 75 + [219] + [1] * 2, [100, 1, 1, 36, 37, 2, 119], [35, 2, 259]])
 def test_kv_cache_decoding_equals_full_forward(
@@ -104,7 +100,6 @@ def test_kv_cache_decoding_equals_full_forward(
     assert_close(decoded["q_target"], full_output.q_target_logits[:, rows])
 
 
-@needs_fixture
 def test_kv_cache_rows_can_be_selected_and_continued(tiny_model: JOWA, io: dict[str, torch.Tensor]) -> None:
     rows = torch.tensor([2, 0, 2])
     tokens, tasks = io["tokens"], io["tasks"]
@@ -117,7 +112,6 @@ def test_kv_cache_rows_can_be_selected_and_continued(tiny_model: JOWA, io: dict[
     assert_close(continued.obs_logits, full.obs_logits[:, -39:])
 
 
-@needs_fixture
 def test_kv_cache_overflow_is_an_error(tiny_model: JOWA, io: dict[str, torch.Tensor]) -> None:
     cache = tiny_model.new_kv_cache()
     with torch.no_grad():
@@ -245,7 +239,6 @@ def released_state_dict(
     }
 
 
-@needs_fixture
 @pytest.mark.parametrize("size", sorted(SIZES))
 def test_released_layout_loads_and_counts_are_pinned(
     size: str, released_layouts: dict, reference_state: dict[str, np.ndarray]
@@ -261,7 +254,6 @@ def test_released_layout_loads_and_counts_are_pinned(
     ) == ROUNDED_NAMES[size]
 
 
-@needs_fixture
 def test_mismatched_reference_state_dict_names_the_culprits(
     released_layouts: dict, reference_state: dict[str, np.ndarray]
 ) -> None:
