@@ -12,7 +12,7 @@ terminal and cut segments, then for each attention backend (SDPA, and flash-attn
 * times training steps (train mode, forward + backward + clip-norm 1.0 + AdamW) and records the peak
   GPU memory.
 
-On CUDA a third variant, "sdpa-flash-kernel", runs the SDPA path with PyTorch's own FlashAttention-2
+On CUDA one more variant, "sdpa-flash-kernel", runs the SDPA path with PyTorch's own FlashAttention-2
 kernel forced (the training forward is plain causal, so SDPA may pick it; forcing it makes a failure
 visible instead of a silent fallback). The KV-cache part of that variant also allows the memory-efficient
 kernel, since flash kernels take no explicit mask.
