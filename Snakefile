@@ -1,12 +1,10 @@
 # JOWA reproduction: one DAG from DQN-Replay to tables and figures.
 #   snakemake --cores all                                   the paper's configuration (params.yaml)
 #   snakemake --cores all --configfile config/smoke.yaml    the local run: generated data, tiny models
+# A --configfile replaces params.yaml whole, it is never merged with it (workflow/rules/common.smk).
 from snakemake.utils import min_version
 
 min_version("9.27")
-
-
-configfile: "params.yaml"
 
 
 include: "workflow/rules/common.smk"

@@ -44,7 +44,8 @@ from isal import igzip
 
 import jowa.data.subsample as subsample
 from jowa.data.dopamine_format import NpyGzReader, checkpoint_filename
-from jowa.data.replay import extract_frames, index_run
+from jowa.data.extract import extract_frames
+from jowa.data.replay import index_run
 
 ROOT = Path(__file__).resolve().parent.parent
 KINDS = ("reader", "subsample", "reference", "raw", "raw-direct")
@@ -91,8 +92,8 @@ def cached_run_ok(data_dir: Path, params: dict[str, Any]) -> bool:
 
 def generate(data_dir: Path, params: dict[str, Any]) -> None:
     """Child process: generate one run, then its manifest, then the record that marks it complete."""
-    from jowa.data.download import write_manifest
     from jowa.data.generate import generate_run
+    from jowa.data.manifest import write_manifest
 
     root = run_root(data_dir, params["game"], params["steps"])
     shutil.rmtree(root, ignore_errors=True)  # a partial earlier attempt, or other settings
@@ -100,10 +101,11 @@ def generate(data_dir: Path, params: dict[str, Any]) -> None:
     info = generate_run(
         params["game"],
         replay_dir,
-        steps=params["steps"],
+        steps_per_run=params["steps"],
         capacity=params["capacity"],
-        seed=params["seed"],
+        sticky_actions=0.25,
         max_episode_steps=params["max_episode_steps"],
+        seed=params["seed"],
         progress=True,
     )
     write_manifest(replay_dir, root / "manifest.tsv")
@@ -256,10 +258,8 @@ def measure_subsample(args: argparse.Namespace) -> dict[str, Any]:
             replay_dirs={RUN: Path(args.replay_dir)},
             manifests={RUN: Path(args.manifest)},
             out=scratch / "store",
-            transitions=args.transitions,
+            transitions_per_game=args.transitions,
             seed=args.seed,
-            segment_length=8,
-            segment_stride=4,
             progress=False,
         )
         frames_bytes = (scratch / "store" / "frames.npy").stat().st_size

@@ -41,6 +41,7 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from jowa.games import PRETRAIN_GAMES, task_id
+from jowa.models.batch import Batch
 from jowa.models.losses import critic_losses, task_action_masks, world_model_losses
 from jowa.models.transformer import flash_attn_func
 from jowa.models.world_action import JOWA, JOWAConfig, JOWAOutput
@@ -85,20 +86,23 @@ def synthetic_batch(config: JOWAConfig, batch: int, device: torch.device) -> dic
         "rewards": rewards,
         "ends": ends,
         "mask_padding": mask_padding,
-        "action_mask": masks,
     }
     return {name: tensor.to(device) for name, tensor in data.items()}
 
 
 def stage2_losses(model: JOWA, data: dict[str, torch.Tensor]) -> tuple[JOWAOutput, dict[str, torch.Tensor]]:
     output = model(data["tokens"], data["tasks"])
-    losses = world_model_losses(
-        output, data["obs_tokens"], data["rewards"], data["ends"], data["mask_padding"], supervised_weight=0.1
+    batch = Batch(
+        obs_tokens=data["obs_tokens"],
+        actions=data["actions"],
+        rewards=data["rewards"],
+        ends=data["ends"],
+        mask=data["mask_padding"],
+        tasks=data["tasks"],
     )
-    losses |= critic_losses(
-        output, data["actions"], data["rewards"], data["ends"], data["mask_padding"], data["action_mask"],
-        model.config.atoms(data["tokens"].device),
-    )  # fmt: skip
+    losses = world_model_losses(output, batch, supervised_weight=0.1)
+    atoms = model.config.atoms(data["tokens"].device)
+    losses |= critic_losses(output, batch, atoms=atoms, gamma=0.99, cql_weight=0.1)
     return output, losses
 
 
@@ -172,7 +176,7 @@ def time_training_steps(model: JOWA, data: dict[str, torch.Tensor], warmup: int,
     """Median seconds per bf16 training step and peak memory (GPU only)."""
     device = data["tokens"].device
     model.train()
-    optimizer = model.configure_optimizers(world_lr=5e-5, critic_lr=5e-5)
+    optimizer = model.configure_optimizers(world_lr=5e-5, critic_lr=5e-5, weight_decay=0.01)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     durations = []
@@ -209,7 +213,7 @@ def check_backend(
     variant: str, config: JOWAConfig, state: dict[str, torch.Tensor], data: dict, reference: dict, args
 ) -> dict[str, Any]:
     backend = "flash" if variant == "flash" else "sdpa"
-    model = JOWA(dataclasses.replace(config, attention_backend=backend)).to(data["tokens"].device)
+    model = JOWA(config, attention=backend).to(data["tokens"].device)
     model.load_state_dict(state)
     with kernel_choice(variant, masked=False):
         result = compare(forward_backward(model, data, bf16=True), reference)
@@ -225,8 +229,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     torch.backends.cuda.matmul.allow_tf32 = False  # a true float32 reference
     torch.backends.cudnn.allow_tf32 = False
     torch.manual_seed(0)
-    config = JOWAConfig.from_arch(TINY_ARCH if args.tiny else args.size, attention_backend="sdpa")
-    model = JOWA(config).to(device)
+    config = JOWAConfig.from_arch(TINY_ARCH if args.tiny else args.size)
+    model = JOWA(config, attention="sdpa").to(device)
     with torch.no_grad():  # a target head that differs from the online one, as during training
         for parameter in model.q_target_head.parameters():
             parameter.add_(0.05 * torch.randn_like(parameter))

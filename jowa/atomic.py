@@ -12,6 +12,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
+from jowa.errors import OutputExistsError
+
 
 def _sibling(final: Path) -> Path:
     return final.with_name(f".{final.name}.tmp-{os.getpid()}")
@@ -39,7 +41,7 @@ def atomic_dir(final: Path | str, *, replace: bool = False) -> Iterator[Path]:
     """
     final = Path(final)
     if final.exists() and not replace:
-        raise FileExistsError(f"{final} already exists; remove it to make it again")
+        raise OutputExistsError(f"{final} already exists; remove it to make it again")
     created = [p for p in (final.parent, *final.parent.parents) if not p.exists()]
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = _sibling(final)

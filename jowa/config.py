@@ -1,169 +1,287 @@
-"""Typed, validated access to params.yaml.
+"""The parameters: one typed definition of every key of params.yaml, its type, range and meaning.
 
-Every stage reads its settings from here or from explicit command-line flags that Snakemake fills in
-from the same file. Validation happens before any work: the JSON schema catches wrong keys, types and
-ranges; the checks below catch what a schema cannot say (unknown game names, impossible run counts).
-Messages always name the file and the key path.
+The pydantic models below are the schema. `load_params` validates a whole params file before any work;
+`section_json` turns one section into the single argument a Snakemake rule passes to its command, and
+`parse_section` turns that argument back into the same typed section, with the same key names, inside
+the command. The JSON schema for editors (`jowa/params.schema.json`, package data) is generated from
+these models (`jowa check-params --schema`) and a test keeps the file in sync. Validation is strict
+(`"5"` is not 5) and goes through JSON, so YAML lists become tuples and every section is immutable.
+Every message names the file or argument and the key path.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import difflib
+import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, TypeVar
 
-import jsonschema
-import yaml
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from jowa import games
+from jowa.errors import JowaError
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-SCHEMA_PATH = REPO_ROOT / "workflow" / "schemas" / "params.schema.yaml"
 GENERATE = "generate"
 
 
-class ParamsError(ValueError):
-    """params.yaml (or a file in its place) has a wrong key, type or value."""
+class ParamsError(JowaError, ValueError):
+    """params.yaml (or a file or argument in its place) has a wrong key, type or value."""
 
 
-@dataclass(frozen=True)
-class GenerateParams:
-    steps_per_run: int
-    capacity: int
-    sticky_actions: float
-    max_episode_steps: int
-    seed: int
+def unique(items: tuple) -> tuple:
+    duplicates = sorted({str(item) for item in items if items.count(item) > 1})
+    if duplicates:
+        raise ValueError(f"listed more than once: {', '.join(duplicates)}")
+    return items
 
 
-@dataclass(frozen=True)
-class DataParams:
-    source: str
-    runs: tuple[int, ...]
+def _window(window: tuple[float, float]) -> tuple[float, float]:
+    if not window[0] < window[1]:
+        raise ValueError(f"window {list(window)} is empty; expected start < end")
+    return window
+
+
+def _source(source: str) -> str:
+    if source == GENERATE or source.startswith(("gs://", "file://")) or "://" not in source:
+        return source
+    raise ValueError(f"{source!r}: expected a gs:// URL, a local directory or 'generate'")
+
+
+UNIQUE = {"uniqueItems": True}
+Game = Annotated[str, AfterValidator(games.check_game)]
+RunId = Annotated[int, Field(ge=1, le=5)]
+Seed = Annotated[int, Field(ge=0)]
+Fraction = Annotated[float, Field(ge=0, le=1)]
+Window = Annotated[tuple[Fraction, Fraction], AfterValidator(_window)]
+Source = Annotated[str, Field(min_length=1), AfterValidator(_source)]
+QualityName = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]*$")]
+
+
+class Section(BaseModel):
+    """A params.yaml section: unknown keys are errors, values are checked strictly and never change."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, use_attribute_docstrings=True)
+
+
+class GamesParams(Section):
+    pretrain: Annotated[
+        tuple[Game, ...], Field(min_length=1, json_schema_extra=UNIQUE), AfterValidator(unique)
+    ]
+    """games whose data pretrains JOWA (DQN-Replay CamelCase names; task ids follow the 60-game table)"""
+    finetune: Annotated[tuple[Game, ...], Field(json_schema_extra=UNIQUE), AfterValidator(unique)]
+    """held-out games, used only for fine-tuning and out-of-distribution evaluation"""
+
+
+class GenerateParams(Section):
+    steps_per_run: Annotated[int, Field(ge=1)]
+    """agent steps to play per run; a minimum: the episode in progress is played to its end"""
+    capacity: Annotated[int, Field(ge=8)]
+    """replay rows per checkpoint file (Dopamine's buffer held 1000000)"""
+    sticky_actions: Fraction
+    """probability that ALE repeats the previous action, per emulator frame (DQN-Replay: 0.25)"""
+    max_episode_steps: Annotated[int, Field(ge=1)]
+    """agent steps after which an episode is cut (each agent step is 4 emulator frames)"""
+    seed: Seed
+    """base seed; each (game, run) derives its own from it"""
+
+
+class DataParams(Section):
+    source: Source
+    """where runs come from: a gs:// URL prefix, a local mirror directory holding
+    {Game}/{run}/replay_logs/, or "generate" to play the games with ale-py in the same layout"""
+    runs: Annotated[tuple[RunId, ...], Field(min_length=1, json_schema_extra=UNIQUE), AfterValidator(unique)]
+    """DQN-Replay run ids to fetch per game"""
     generate: GenerateParams
+    """how runs are played when source is "generate" (ignored otherwise)"""
 
     @property
     def generated(self) -> bool:
         return self.source == GENERATE
 
 
-@dataclass(frozen=True)
-class SubsampleParams:
-    runs_per_game: int
-    transitions_per_game: int
-    seed: int
-    segment_length: int
-    segment_stride: int
+class SubsampleParams(Section):
+    runs_per_game: RunId
+    """runs drawn per pretraining game (the reference's legacy-RNG draw: seed 0 gives Assault {1, 3}, ...)"""
+    transitions_per_game: Annotated[int, Field(ge=1)]
+    """steps stored per game; a minimum: whole episodes are drawn until it is reached"""
+    seed: Seed
+    """seed of the run draw and of the episode draw"""
 
 
-@dataclass(frozen=True)
-class FinetuneDataParams:
-    transitions: int
-    runs_per_game: int
-    seed: int
-    segment_length: int
-    segment_stride: int
-    qualities: dict[str, tuple[float, float]]
+class FinetuneDataParams(Section):
+    transitions_per_game: Annotated[int, Field(ge=1)]
+    """steps stored per held-out game and quality; a minimum: whole episodes are drawn until it is reached"""
+    runs_per_game: RunId
+    """runs drawn per held-out game"""
+    seed: Seed
+    """seed of the run draw and of the episode draw"""
+    qualities: Annotated[dict[QualityName, Window], Field(min_length=1)]
+    """data quality -> [start, end) window over a run's checkpoint files, as fractions of the run
+    (expert = the last 20% of the checkpoints, highly_suboptimal = the first 20%)"""
 
 
-@dataclass(frozen=True)
-class Params:
-    pretrain_games: tuple[str, ...]
-    finetune_games: tuple[str, ...]
+class Params(Section):
+    """A complete params file (params.yaml, config/smoke.yaml)."""
+
+    model_config = ConfigDict(title="JOWA reproduction parameters")
+    games: GamesParams
     data: DataParams
     subsample: SubsampleParams
     finetune_data: FinetuneDataParams
 
 
-def _schema() -> dict[str, Any]:
-    if not SCHEMA_PATH.is_file():
-        raise FileNotFoundError(
-            f"parameter schema not found at {SCHEMA_PATH}; install the package editable (pip -e)"
-        )
-    with open(SCHEMA_PATH) as fh:
-        return yaml.safe_load(fh)
+S = TypeVar("S", bound=Section)
 
 
-def _key_path(parts: Any) -> str:
+def _key_path(parts: tuple[Any, ...] | list[Any]) -> str:
     text = ""
     for part in parts:
         text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
     return text or "(top level)"
 
 
-def _schema_errors(raw: dict[str, Any]) -> list[str]:
-    validator = jsonschema.Draft202012Validator(_schema())
-    errors = sorted(validator.iter_errors(raw), key=lambda e: list(map(str, e.absolute_path)))
-    return [f"{_key_path(e.absolute_path)}: {e.message}" for e in errors]
+def _known_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
+    """Field names of the section an unknown key was found in."""
+    for part in loc:
+        field = model.model_fields.get(part) if isinstance(part, str) else None
+        section = field.annotation if field is not None else None
+        if not (isinstance(section, type) and issubclass(section, BaseModel)):
+            return []
+        model = field.annotation
+    return list(model.model_fields)
 
 
-def _semantic_errors(raw: dict[str, Any]) -> list[str]:
+def _describe(error: dict[str, Any], model: type[BaseModel]) -> str:
+    if error["type"] == "extra_forbidden":
+        known = _known_keys(model, error["loc"][:-1])
+        close = difflib.get_close_matches(str(error["loc"][-1]), known, 1)
+        hint = f"did you mean {close[0]!r}?" if close else f"expected one of {', '.join(known)}"
+        return f"unknown key; {hint}"
+    if error["type"] == "missing":
+        return "missing (required)"
+    message = error["msg"].removeprefix("Value error, ")
+    return message if error["type"] == "value_error" else f"{message} (got {error['input']!r})"
+
+
+def _errors(exc: ValidationError, model: type[BaseModel], prefix: tuple[str, ...]) -> list[str]:
+    lines = []
+    for error in sorted(exc.errors(), key=lambda e: [str(part) for part in e["loc"]]):
+        loc = tuple(error["loc"])
+        what = "key name: " if loc[-1:] == ("[key]",) else ""  # a bad mapping key, not its value
+        lines.append(f"{_key_path(prefix + loc[: len(loc) - bool(what)])}: {what}{_describe(error, model)}")
+    return lines
+
+
+def _cross_section_errors(params: Params) -> list[str]:
+    """What one section cannot check alone."""
     errors = []
-    for split in ("pretrain", "finetune"):
-        for i, name in enumerate(raw["games"][split]):
-            try:
-                games.check_game(name)
-            except ValueError as exc:
-                errors.append(f"games.{split}[{i}]: {exc}")
-    both = set(raw["games"]["pretrain"]) & set(raw["games"]["finetune"])
+    both = set(params.games.pretrain) & set(params.games.finetune)
     if both:
         errors.append(f"games: {sorted(both)} are both pretraining and held-out games")
-    n_runs = len(raw["data"]["runs"])
-    for section in ("subsample", "finetune_data"):
-        if raw[section]["runs_per_game"] > n_runs:
-            errors.append(
-                f"{section}.runs_per_game: {raw[section]['runs_per_game']} runs asked for, "
-                f"but data.runs lists only {n_runs}"
-            )
-        if raw[section]["segment_stride"] > raw[section]["segment_length"]:
-            errors.append(
-                f"{section}.segment_stride: larger than segment_length, some steps would never be seen"
-            )
-    for name, (lo, hi) in raw["finetune_data"]["qualities"].items():
-        if not lo < hi:
-            errors.append(
-                f"finetune_data.qualities.{name}: window [{lo}, {hi}] is empty; expected start < end"
-            )
-    source = raw["data"]["source"]
-    if not (
-        source == GENERATE
-        or source.startswith("gs://")
-        or "://" not in source
-        or source.startswith("file://")
-    ):
-        errors.append(f"data.source: {source!r}: expected a gs:// URL, a local directory or 'generate'")
+    for name in ("subsample", "finetune_data"):
+        asked, listed = getattr(params, name).runs_per_game, len(params.data.runs)
+        if asked > listed:
+            errors.append(f"{name}.runs_per_game: {asked} runs asked for, but data.runs lists only {listed}")
     return errors
 
 
-def check_params(raw: dict[str, Any], origin: str = "params.yaml") -> Params:
+def _validate(model: type[S], raw: Any, origin: str, prefix: tuple[str, ...] = ()) -> S:
+    try:
+        text = json.dumps(raw)
+    except (TypeError, ValueError) as exc:
+        raise ParamsError(f"{origin}: holds a value that is not plain data ({exc})") from None
+    try:
+        return model.model_validate_json(text)
+    except ValidationError as exc:
+        raise ParamsError(f"{origin} is invalid:\n  " + "\n  ".join(_errors(exc, model, prefix))) from None
+
+
+def check_params(raw: Any, origin: str = "params.yaml") -> Params:
     """Validate a parsed params mapping; return its typed view or raise ParamsError naming every problem."""
     if not isinstance(raw, dict):
         raise ParamsError(f"{origin}: expected a mapping of sections, got {type(raw).__name__}")
-    errors = _schema_errors(raw)
-    if not errors:
-        errors = _semantic_errors(raw)
+    params = _validate(Params, raw, origin)
+    errors = _cross_section_errors(params)
     if errors:
         raise ParamsError(f"{origin} is invalid:\n  " + "\n  ".join(errors))
-    d, s, f = raw["data"], raw["subsample"], raw["finetune_data"]
-    return Params(
-        pretrain_games=tuple(raw["games"]["pretrain"]),
-        finetune_games=tuple(raw["games"]["finetune"]),
-        data=DataParams(source=d["source"], runs=tuple(d["runs"]), generate=GenerateParams(**d["generate"])),
-        subsample=SubsampleParams(**s),
-        finetune_data=FinetuneDataParams(
-            **{k: v for k, v in f.items() if k != "qualities"},
-            qualities={k: (float(v[0]), float(v[1])) for k, v in f["qualities"].items()},
-        ),
-    )
+    return params
 
 
-def load_params(path: Path | str = "params.yaml") -> Params:
-    """Read and validate a params file."""
+def load_params(path: Path | str) -> Params:
+    """Read and validate a whole params file."""
+    import yaml  # only whole params files are YAML; commands get their section as JSON
+
     path = Path(path)
     try:
-        with open(path) as fh:
-            raw = yaml.safe_load(fh)
+        raw = yaml.safe_load(path.read_text())
     except FileNotFoundError:
         raise ParamsError(f"{path}: no such parameter file") from None
     except yaml.YAMLError as exc:
         raise ParamsError(f"{path}: not valid YAML ({exc})") from exc
     return check_params(raw, origin=str(path))
+
+
+def section_json(section: Section) -> str:
+    """A section as the one JSON argument a rule passes; sorted, so reordering params.yaml reruns nothing."""
+    return json.dumps(section.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+
+
+def parse_section(argument: str, model: type[S], path: str) -> S:
+    """The section `path` (e.g. "data.generate") from a JSON object, or from a whole params file."""
+    if argument.lstrip().startswith("{"):
+        try:
+            raw = json.loads(argument)
+        except json.JSONDecodeError as exc:
+            raise ParamsError(f"--params: not valid JSON ({exc})") from None
+        return _validate(model, raw, f"--params ({path} section)", tuple(path.split(".")))
+    section: Any = load_params(argument)
+    for key in path.split("."):
+        section = getattr(section, key)
+    return section
+
+
+def params_help(model: type[Section], path: str) -> str:
+    """`--params` help: where the section comes from and what each key means."""
+    keys = "; ".join(f"{name}: {field.description}" for name, field in model.model_fields.items())
+    return f"the {path} section of params.yaml as JSON, or a params file to take it from. Keys: {keys}"
+
+
+def argument_type(annotated: Any, what: str) -> Callable[[str], Any]:
+    """An argparse `type=` that validates one value with the same type params.yaml uses."""
+    import argparse
+
+    adapter = TypeAdapter(annotated)
+
+    def convert(text: str) -> Any:
+        try:
+            return adapter.validate_json(text if text[:1] in "-0123456789" else json.dumps(text))
+        except ValidationError as exc:
+            message = "; ".join(_describe(error, BaseModel) for error in exc.errors())
+            raise argparse.ArgumentTypeError(f"{what} {text!r}: {message}") from None
+
+    return convert
+
+
+def json_schema() -> dict[str, Any]:
+    """The JSON schema of a params file, for editors and `jowa check-params --schema`."""
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema", **Params.model_json_schema()}
+
+
+# ------------------------------------------------------------------------ `jowa check-params`
+
+
+def configure_parser(parser: Any) -> None:
+    parser.add_argument("path", nargs="?", default="params.yaml", help="a params file (default: params.yaml)")
+    parser.add_argument("--schema", action="store_true", help="print the JSON schema of params files instead")
+
+
+def main(args: Any) -> None:
+    if args.schema:
+        print(json.dumps(json_schema(), indent=2))
+        return
+    params = load_params(args.path)
+    print(
+        f"{args.path}: valid ({len(params.games.pretrain)} pretraining games, "
+        f"{len(params.games.finetune)} held-out, source {params.data.source})"
+    )

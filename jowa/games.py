@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from jowa.errors import JowaError
+
 # Alphabetical, as in the DQN-Replay dataset; a game's task id is its index (the JOWA task embedding
 # index), so this order must never change.
 GAMES: tuple[str, ...] = (
@@ -114,6 +116,10 @@ MINIMAL_ACTIONS: dict[str, tuple[int, ...]] = {
 }
 
 
+class UnknownGameError(JowaError, ValueError):
+    """A name that is not one of the 60 DQN-Replay games."""
+
+
 @dataclass(frozen=True)
 class Normalizers:
     """Reference scores that turn raw returns into human- and DQN-normalized scores."""
@@ -150,7 +156,7 @@ _NORMALIZERS: dict[str, Normalizers] = {
 
 
 def check_game(game: str) -> str:
-    """Return `game` if it is a DQN-Replay game, else raise a ValueError that suggests the nearest names."""
+    """Return `game` if it is a DQN-Replay game, else raise UnknownGameError suggesting the nearest names."""
     if isinstance(game, str) and game in _TASK_IDS:
         return game
     suggestions: list[str] = []
@@ -166,7 +172,7 @@ def check_game(game: str) -> str:
         message += f"; did you mean {alternatives}?"
     else:
         message += f"; expected one of the {len(GAMES)} DQN-Replay games, e.g. {GAMES[0]!r} or 'MsPacman'"
-    raise ValueError(message)
+    raise UnknownGameError(message)
 
 
 def task_id(game: str) -> int:
@@ -181,9 +187,18 @@ def minimal_to_full(game: str) -> np.ndarray:
 
 def action_mask(game: str) -> np.ndarray:
     """Boolean mask over the 18 full actions, True where the game's minimal set has the action."""
+    return ACTION_MASKS[task_id(game)].copy()
+
+
+def _mask_of(game: str) -> np.ndarray:
     mask = np.zeros(len(FULL_ACTIONS), dtype=bool)
-    mask[list(MINIMAL_ACTIONS[check_game(game)])] = True
+    mask[list(MINIMAL_ACTIONS[game])] = True
     return mask
+
+
+#: (60, 18) valid-action masks, row t for task id t; built once, read-only.
+ACTION_MASKS: np.ndarray = np.stack([_mask_of(game) for game in GAMES])
+ACTION_MASKS.flags.writeable = False
 
 
 def ale_rom_id(game: str) -> str:

@@ -1,48 +1,111 @@
-"""The `jowa` command reports bad input in one line that names it, with no traceback."""
+"""The `jowa` command: bad input is reported in one line that names it; a bug keeps its traceback."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 from pathlib import Path
+
+import pytest
+
+from jowa import cli
+from jowa.errors import JowaError
+
+ROOT = Path(__file__).resolve().parents[1]
+SUBSAMPLE = '{"runs_per_game": 1, "seed": 0, "transitions_per_game": 10}'
+GENERATE = {"capacity": 100, "max_episode_steps": 50, "seed": 0, "steps_per_run": 60, "sticky_actions": 0.25}
 
 
 def jowa(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(["jowa", *args], capture_output=True, text=True, timeout=120)
 
 
+def generate(out: Path, **changes: object) -> subprocess.CompletedProcess:
+    params = json.dumps({**GENERATE, **changes})
+    return jowa(
+        "-q", "data", "generate", "--params", params, "--game", "Pong", "--run", "1",
+        "--out", str(out / "replay_logs"), "--manifest", str(out / "1.tsv"),
+    )  # fmt: skip
+
+
+def test_version_and_command_list() -> None:
+    assert jowa("--version").stdout.startswith("jowa-repro ")
+    listing = jowa("--help").stdout
+    assert all(name in listing for name in cli.COMMANDS)
+    wrong = jowa("data", "subsampel")
+    assert wrong.returncode == 2 and "unknown command 'data subsampel'" in wrong.stderr
+
+
 def test_unknown_game_is_named_with_a_suggestion(tmp_path: Path) -> None:
     proc = jowa(
-        "data", "subsample", "--game", "Pacman", "--runs", "1", "--replay-root", str(tmp_path),
-        "--manifest-root", str(tmp_path), "--out", str(tmp_path / "out"), "--transitions", "10",
-        "--seed", "0", "--segment-length", "8", "--segment-stride", "4",
+        "data", "subsample", "--params", SUBSAMPLE, "--game", "Pacman", "--runs", "1",
+        "--replay-dirs", str(tmp_path), "--manifests", str(tmp_path / "1.tsv"),
+        "--out", str(tmp_path / "out"),
     )  # fmt: skip
-    assert proc.returncode == 1
+    assert proc.returncode == 2  # a usage error, caught while parsing the command line
     assert "unknown game 'Pacman'; did you mean 'MsPacman'?" in proc.stderr
     assert "Traceback" not in proc.stderr
 
 
 def test_missing_manifest_is_named(tmp_path: Path) -> None:
     proc = jowa(
-        "data", "subsample", "--game", "Pong", "--runs", "3", "--replay-root", str(tmp_path),
-        "--manifest-root", str(tmp_path / "manifests"), "--out", str(tmp_path / "out"),
-        "--transitions", "10", "--seed", "0", "--segment-length", "8", "--segment-stride", "4",
+        "data", "subsample", "--params", SUBSAMPLE, "--game", "Pong", "--runs", "3",
+        "--replay-dirs", str(tmp_path), "--manifests", str(tmp_path / "3.tsv"),
+        "--out", str(tmp_path / "out"),
     )  # fmt: skip
     assert proc.returncode == 1
-    assert f"{tmp_path / 'manifests' / 'Pong' / '3.tsv'}: manifest missing" in proc.stderr
+    assert f"jowa data subsample: error: {tmp_path / '3.tsv'}: manifest missing" in proc.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_commands_validate_their_section_like_the_dag(tmp_path: Path) -> None:
+    bad = generate(tmp_path, sticky_actions=1.5)
+    assert bad.returncode == 1 and "Traceback" not in bad.stderr
+    assert "data.generate.sticky_actions: Input should be less than or equal to 1 (got 1.5)" in bad.stderr
+    run0 = jowa("data", "generate", "--params", json.dumps(GENERATE), "--game", "Pong", "--run", "0",
+                "--out", str(tmp_path / "o"), "--manifest", str(tmp_path / "m.tsv"))  # fmt: skip
+    assert run0.returncode == 2 and "run '0': Input should be greater than or equal to 1" in run0.stderr
+    assert not any(tmp_path.iterdir())
+
+
+def test_generate_onto_an_existing_run_is_refused_in_one_line(tmp_path: Path) -> None:
+    assert generate(tmp_path).returncode == 0
+    again = generate(tmp_path)
+    assert again.returncode == 1 and "Traceback" not in again.stderr
+    assert f"{tmp_path / 'replay_logs'} already exists; remove it to make it again" in again.stderr
+
+
+def test_help_names_units_and_rounding() -> None:
+    text = " ".join(jowa("data", "generate", "--help").stdout.split())
+    assert "steps_per_run: agent steps to play per run; a minimum: the episode in progress is played" in text
+    assert "run id, 1 to 5" in text
+
+
+def test_a_bug_keeps_its_traceback(monkeypatch: pytest.MonkeyPatch) -> None:
+    import jowa.config
+
+    def broken(args: object) -> None:
+        raise KeyError("a bug")
+
+    monkeypatch.setattr(jowa.config, "main", broken)
+    with pytest.raises(KeyError, match="a bug"):
+        cli.main(["check-params"])
+
+    def bad_input(args: object) -> None:
+        raise JowaError("bad input")
+
+    monkeypatch.setattr(jowa.config, "main", bad_input)
+    assert cli.main(["check-params"]) == 1
 
 
 def test_check_params_names_the_file_and_key(tmp_path: Path) -> None:
     bad = tmp_path / "p.yaml"
-    root = Path(__file__).resolve().parents[1]
-    bad.write_text((root / "config" / "smoke.yaml").read_text().replace("seed: 0", "seed: -1", 1))
+    bad.write_text((ROOT / "config" / "smoke.yaml").read_text().replace("seed: 0", "seed: -1", 1))
     proc = jowa("check-params", str(bad))
     assert proc.returncode == 1
-    assert (
-        f"{bad} is invalid" in proc.stderr
-        and "data.generate.seed: -1 is less than the minimum" in proc.stderr
-    )
-    assert jowa("check-params", str(root / "params.yaml")).returncode == 0
+    assert f"{bad} is invalid" in proc.stderr
+    assert "data.generate.seed: Input should be greater than or equal to 0 (got -1)" in proc.stderr
+    assert jowa("check-params", str(ROOT / "params.yaml")).returncode == 0
 
 
 FIXTURE = Path(__file__).resolve().parent / "reference" / "tiny_fixture"
@@ -88,3 +151,26 @@ def test_import_reference_world_and_tokenizer(tmp_path: Path) -> None:
     )  # fmt: skip
     assert wrong.returncode == 1 and "wrong shape" in wrong.stderr and "transformer.blocks" in wrong.stderr
     assert not (tmp_path / "wrong.safetensors").exists()
+
+
+def test_import_reference_reports_a_corrupt_file_or_a_bad_arch_in_one_line(tmp_path: Path) -> None:
+    corrupt = tmp_path / "JOWA_150M.pt"
+    corrupt.write_bytes(b"PK\x03\x04 not really a torch zip file")
+    proc = jowa(
+        "checkpoint",
+        "import-reference",
+        "--kind",
+        "world",
+        "--input",
+        str(corrupt),
+        "--out",
+        str(tmp_path / "o"),
+    )
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert f"jowa checkpoint import-reference: error: {corrupt}" in proc.stderr
+    bad_arch = jowa(
+        "checkpoint", "import-reference", "--kind", "world", "--input", str(corrupt), "--arch", "{layers: 2}",
+        "--out", str(tmp_path / "o"),
+    )  # fmt: skip
+    assert bad_arch.returncode == 2 and "--arch: not valid JSON" in bad_arch.stderr
+    assert not (tmp_path / "o").exists()

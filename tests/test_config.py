@@ -1,14 +1,28 @@
-"""params.yaml validation: every wrong key, name or value fails before any work, naming itself."""
+"""Parameters: every wrong key, name or value fails before any work, naming itself; one definition."""
 
 from __future__ import annotations
 
+import argparse
 import copy
+import json
 from pathlib import Path
 
 import pytest
 import yaml
 
-from jowa.config import ParamsError, check_params, load_params
+from jowa.config import (
+    FinetuneDataParams,
+    Game,
+    ParamsError,
+    RunId,
+    SubsampleParams,
+    argument_type,
+    check_params,
+    json_schema,
+    load_params,
+    parse_section,
+    section_json,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -20,15 +34,15 @@ def paper() -> dict:
 
 def test_paper_and_smoke_params_are_valid() -> None:
     paper = load_params(ROOT / "params.yaml")
-    assert len(paper.pretrain_games) == 15 and len(paper.finetune_games) == 5
-    assert paper.data.runs == (1, 2, 3, 4, 5)
+    assert len(paper.games.pretrain) == 15 and len(paper.games.finetune) == 5
+    assert paper.data.runs == (1, 2, 3, 4, 5) and not paper.data.generated
     assert (paper.subsample.runs_per_game, paper.subsample.transitions_per_game) == (2, 10_000_000)
-    assert (paper.subsample.segment_length, paper.subsample.segment_stride) == (8, 4)
-    assert paper.finetune_data.transitions == 5000
+    assert paper.finetune_data.transitions_per_game == 5000
+    assert paper.finetune_data.qualities["expert"] == (0.8, 1.0)
     assert set(paper.finetune_data.qualities) == {"expert", "suboptimal", "highly_suboptimal"}
     smoke = load_params(ROOT / "config" / "smoke.yaml")
     assert smoke.data.generated
-    assert (len(smoke.pretrain_games), len(smoke.finetune_games)) == (2, 1)
+    assert (len(smoke.games.pretrain), len(smoke.games.finetune)) == (2, 1)
 
 
 def edited(params: dict, path: str, value: object) -> dict:
@@ -47,27 +61,49 @@ def edited(params: dict, path: str, value: object) -> dict:
 @pytest.mark.parametrize(
     ("path", "value", "message"),
     [
-        ("data.sourse", "generate", r"\(top level\)|data: Additional properties.*'sourse'"),
-        ("subsample.transitions_per_game", -5, r"transitions_per_game: -5 is less than the minimum"),
-        ("subsample.seed", "zero", r"subsample\.seed: 'zero' is not of type 'integer'"),
-        ("data.runs", [1, 7], r"data\.runs\[1\]: 7 is greater than the maximum of 5"),
-        ("data.generate", KeyError, r"data: 'generate' is a required property"),
+        ("data.sourse", "generate", r"data\.sourse: unknown key; did you mean 'source'\?"),
+        (
+            "subsample.transitions_per_game",
+            -5,
+            r"transitions_per_game: .*greater than or equal to 1 \(got -5\)",
+        ),
+        ("subsample.seed", "0", r"subsample\.seed: Input should be a valid integer \(got '0'\)"),  # strict
+        ("subsample.seed", 1.0, r"subsample\.seed: Input should be a valid integer \(got 1\.0\)"),
+        ("data.runs", [1, 7], r"data\.runs\[1\]: Input should be less than or equal to 5 \(got 7\)"),
+        ("data.runs", [1, 1], r"data\.runs: listed more than once: 1"),
+        ("data.generate", KeyError, r"data\.generate: missing \(required\)"),
+        ("data.generate.sticky_actions", 1.5, r"sticky_actions: Input should be less than or equal to 1"),
+        ("data.source", "http://x", r"data\.source: 'http://x': expected a gs:// URL, a local directory"),
         ("finetune_data.qualities", {"expert": [0.8, 0.2]}, r"finetune_data\.qualities\.expert: window"),
-        ("subsample.runs_per_game", 5, r"runs_per_game: 5 runs asked for, but data\.runs lists only 2"),
+        (
+            "finetune_data.qualities",
+            {"Expert": [0.8, 1.0]},
+            r"qualities\.Expert: key name: String should match pattern",
+        ),
+        ("games.finetune", ["Pong", "Assault"], r"games: \['Assault'\] are both pretraining and held-out"),
     ],
 )
 def test_bad_values_are_named(paper: dict, path: str, value: object, message: str) -> None:
-    params = edited(paper, path, value)
-    if path == "subsample.runs_per_game":
-        params["data"]["runs"] = [1, 2]
     with pytest.raises(ParamsError, match=message):
-        check_params(params, origin="params.yaml")
+        check_params(edited(paper, path, value), origin="params.yaml")
 
 
-def test_unknown_game_gets_a_suggestion(paper: dict) -> None:
-    params = edited(paper, "games.finetune", ["Pong", "MsPacmann"])
-    with pytest.raises(ParamsError, match=r"games\.finetune\[1\]: .*'MsPacmann'.*MsPacman"):
-        check_params(params)
+def test_runs_per_game_cannot_exceed_the_runs_listed(paper: dict) -> None:
+    params = edited(paper, "data.runs", [1, 2])
+    with pytest.raises(
+        ParamsError, match=r"subsample\.runs_per_game: 3 runs asked for, but data\.runs lists only 2"
+    ):
+        check_params(edited(params, "subsample.runs_per_game", 3))
+
+
+def test_every_problem_is_listed_at_once(paper: dict) -> None:
+    params = edited(edited(paper, "games.finetune", ["Pong", "MsPacmann"]), "subsample.seed", -1)
+    with pytest.raises(ParamsError) as info:
+        check_params(params, origin="mine.yaml")
+    text = str(info.value)
+    assert text.startswith("mine.yaml is invalid:")
+    assert "games.finetune[1]: unknown game 'MsPacmann'; did you mean 'MsPacman'?" in text
+    assert "subsample.seed: Input should be greater than or equal to 0 (got -1)" in text
 
 
 def test_missing_or_broken_file_is_named(tmp_path: Path) -> None:
@@ -77,3 +113,44 @@ def test_missing_or_broken_file_is_named(tmp_path: Path) -> None:
     broken.write_text("games: [unclosed\n")
     with pytest.raises(ParamsError, match=r"broken\.yaml: not valid YAML"):
         load_params(broken)
+
+
+def test_a_section_travels_as_one_argument_with_the_same_keys() -> None:
+    paper = load_params(ROOT / "params.yaml")
+    argument = section_json(paper.finetune_data)
+    assert list(json.loads(argument)) == sorted(json.loads(argument))  # key order never reruns a job
+    assert parse_section(argument, FinetuneDataParams, "finetune_data") == paper.finetune_data
+    assert parse_section(str(ROOT / "params.yaml"), SubsampleParams, "subsample") == paper.subsample
+    with pytest.raises(
+        ParamsError, match=r"--params \(subsample section\) is invalid:\n  subsample\.seedd: unknown"
+    ):
+        parse_section(
+            '{"runs_per_game": 2, "transitions_per_game": 5, "seed": 0, "seedd": 1}',
+            SubsampleParams,
+            "subsample",
+        )
+    with pytest.raises(ParamsError, match="--params: not valid JSON"):
+        parse_section("{seed: 0}", SubsampleParams, "subsample")
+
+
+def test_command_line_values_use_the_params_types() -> None:
+    assert argument_type(RunId, "run")("3") == 3
+    with pytest.raises(
+        argparse.ArgumentTypeError, match=r"run '0': Input should be greater than or equal to 1"
+    ):
+        argument_type(RunId, "run")("0")
+    with pytest.raises(argparse.ArgumentTypeError, match=r"unknown game 'Pacman'; did you mean 'MsPacman'\?"):
+        argument_type(Game, "game")("Pacman")
+
+
+def test_the_shipped_schema_is_generated_from_the_models() -> None:
+    """jowa/params.schema.json (package data, for editors) is what `jowa check-params --schema` prints."""
+    shipped = json.loads((ROOT / "jowa" / "params.schema.json").read_text())
+    assert shipped == json_schema(), "regenerate it: jowa check-params --schema > jowa/params.schema.json"
+    assert shipped["additionalProperties"] is False and set(shipped["required"]) == {
+        "games", "data", "subsample", "finetune_data"
+    }  # fmt: skip
+    assert (
+        "a minimum"
+        in shipped["$defs"]["SubsampleParams"]["properties"]["transitions_per_game"]["description"]
+    )

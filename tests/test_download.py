@@ -1,7 +1,9 @@
-"""Tests for jowa.data.download: real gsutil against a local mirror, fake gsutil for the gs:// failure modes.
+"""Tests for jowa.data.download and the modules it drives (gsutil, verify, manifest).
 
-The mirror is the Dopamine-written fixture (game "Long", run 1, 12 suffixes × 6 files). This machine cannot
-reach Google, so the 403 and unreachable paths run a small fake `gsutil` placed first on PATH.
+Real gsutil copies from a local mirror, a fake gsutil plays the gs:// failure modes. The mirror is the
+Dopamine-written fixture (game "Long", run 1, 12 suffixes × 6 files). This machine cannot reach Google, so
+the 403 and unreachable paths run a small fake `gsutil` placed first on PATH. gsutil is a declared
+dependency (the `[workflow]` extra), so a missing one fails the tests that need it instead of skipping them.
 """
 
 from __future__ import annotations
@@ -19,27 +21,28 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from jowa.data import download as dl
+from jowa.data import gsutil
 from jowa.data.dopamine_format import ReplayFormatError, checkpoint_filename, write_array
-from jowa.data.download import (
-    DownloadError,
-    check_run_complete,
-    download_run,
-    read_manifest,
-    staging_dir,
-    write_manifest,
-)
+from jowa.data.download import DownloadError, download_run, staging_dir
+from jowa.data.manifest import read_manifest, write_manifest
+from jowa.data.verify import check_run_complete
 
 FIXTURE = Path(__file__).resolve().parent / "reference" / "dopamine_fixture"
 GAME, RUN, N_SUFFIXES = "Long", 1, 12
-REAL_GSUTIL = shutil.which("gsutil")
 DENIED_LINE = (
     "AccessDeniedException: 403 anonymous caller does not have storage.objects.list access to the Google "
     "Cloud Storage bucket. Permission 'storage.objects.list' denied on resource (or it may not exist)."
 )
 UNREACHABLE_LINE = "httplib2.error.ServerNotFoundError: Unable to find the server at storage.googleapis.com"
 
-needs_gsutil = pytest.mark.skipif(REAL_GSUTIL is None, reason="gsutil is not installed")
+
+@pytest.fixture
+def real_gsutil() -> str:
+    """The installed gsutil; its absence is a broken install, so the test fails rather than skips."""
+    found = shutil.which("gsutil")
+    if found is None:
+        pytest.fail("gsutil not found on PATH; install the [workflow] extra")
+    return found
 
 
 @pytest.fixture
@@ -88,7 +91,7 @@ def md5(path: Path) -> str:
 # --------------------------------------------------------------------------------------------------
 
 
-@needs_gsutil
+@pytest.mark.usefixtures("real_gsutil")
 def test_download_from_local_mirror_is_complete_identical_and_idempotent(mirror, out, tmp_path, monkeypatch):
     dest, manifest = out
     assert download_run(str(mirror), GAME, RUN, dest, manifest, progress=False) == dest
@@ -115,7 +118,7 @@ def test_download_from_local_mirror_is_complete_identical_and_idempotent(mirror,
     assert manifest.stat().st_mtime_ns == before
 
 
-@needs_gsutil
+@pytest.mark.usefixtures("real_gsutil")
 @pytest.mark.parametrize("form", ["relative", "file_url"])
 def test_source_as_relative_path_or_file_url(mirror, out, tmp_path, monkeypatch, capsys, form):
     monkeypatch.chdir(tmp_path)
@@ -126,7 +129,7 @@ def test_source_as_relative_path_or_file_url(mirror, out, tmp_path, monkeypatch,
     assert f"{GAME}/{RUN}" in capsys.readouterr().err  # the byte progress bar went to stderr
 
 
-@needs_gsutil
+@pytest.mark.usefixtures("real_gsutil")
 def test_resume_keeps_staged_files_and_replaces_partial_ones(mirror, out):
     dest, manifest = out
     src = replay_logs(mirror)
@@ -150,7 +153,7 @@ def test_resume_keeps_staged_files_and_replaces_partial_ones(mirror, out):
     assert check_run_complete(dest) == list(range(N_SUFFIXES))
 
 
-@needs_gsutil
+@pytest.mark.usefixtures("real_gsutil")
 def test_stale_dest_without_manifest_is_reverified_not_trusted(mirror, out):
     dest, manifest = out
     dest.mkdir(parents=True)
@@ -166,23 +169,25 @@ def test_stale_dest_without_manifest_is_reverified_not_trusted(mirror, out):
 # --------------------------------------------------------------------------------------------------
 
 
-@needs_gsutil
+@pytest.mark.usefixtures("real_gsutil")
 def test_missing_middle_suffix_is_named(mirror, out):
     dest, manifest = out
     for path in replay_logs(mirror).glob("*_ckpt.5.gz"):
         path.unlink()
-    with pytest.raises((DownloadError, ReplayFormatError), match=r"suffix 5: all its files are missing"):
+    with pytest.raises(DownloadError, match=r"suffix 5: all its files are missing") as info:
         download_run(str(mirror), GAME, RUN, dest, manifest, progress=False)
+    assert isinstance(info.value.__cause__, ReplayFormatError)  # the file-set check, wrapped
     assert_no_outputs(dest, manifest)
 
 
-@needs_gsutil
+@pytest.mark.usefixtures("real_gsutil")
 def test_missing_single_file_is_named(mirror, out):
     dest, manifest = out
     name = checkpoint_filename("reward", 3)
     (replay_logs(mirror) / name).unlink()
-    with pytest.raises((DownloadError, ReplayFormatError), match=rf"suffix 3: missing {re.escape(name)}"):
+    with pytest.raises(DownloadError, match=rf"suffix 3: missing {re.escape(name)}") as info:
         download_run(str(mirror), GAME, RUN, dest, manifest, progress=False)
+    assert isinstance(info.value.__cause__, ReplayFormatError)  # the file-set check, wrapped
     assert_no_outputs(dest, manifest)
 
 
@@ -209,7 +214,7 @@ def _drop_trailer(path: Path) -> None:
     path.write_bytes(path.read_bytes()[:-4])
 
 
-@needs_gsutil
+@pytest.mark.usefixtures("real_gsutil")
 @pytest.mark.parametrize(
     ("kind", "suffix", "damage"),
     [
@@ -224,13 +229,13 @@ def test_corrupt_file_is_named(mirror, out, kind, suffix, damage):
     dest, manifest = out
     name = checkpoint_filename(kind, suffix)
     damage(replay_logs(mirror) / name)
-    with pytest.raises((DownloadError, ReplayFormatError), match=re.escape(name)):
+    with pytest.raises(DownloadError, match=re.escape(name)):
         download_run(str(mirror), GAME, RUN, dest, manifest, progress=False)
     assert_no_outputs(dest, manifest)
     assert not (staging_dir(dest) / name).exists(), "a bad staged file would be skipped by cp -n on retry"
 
 
-@needs_gsutil
+@pytest.mark.usefixtures("real_gsutil")
 def test_wrong_dtype_is_named(mirror, out):
     dest, manifest = out
     name = checkpoint_filename("action", 1)
@@ -345,7 +350,7 @@ def _pid_gone(pid: int) -> bool:
 def test_listing_timeout_kills_the_whole_process_group(tmp_path, out, monkeypatch):
     pidfile = tmp_path / "child.pid"
     fake_gsutil(tmp_path, monkeypatch, f"sleep 60 &\necho $! > '{pidfile}'\nsleep 60")
-    monkeypatch.setattr(dl, "LIST_TIMEOUT_S", 1.0)
+    monkeypatch.setattr(gsutil, "LIST_TIMEOUT_S", 1.0)
     dest, manifest = out
     started = time.monotonic()
     with pytest.raises(DownloadError, match="could not be reached.*longer than 1 s"):
@@ -359,15 +364,14 @@ def test_listing_timeout_kills_the_whole_process_group(tmp_path, out, monkeypatc
     assert_no_outputs(dest, manifest)
 
 
-@needs_gsutil
-def test_gs_source_lists_then_copies(mirror, out, tmp_path, monkeypatch):
+def test_gs_source_lists_then_copies(mirror, out, tmp_path, monkeypatch, real_gsutil):
     """The gs:// path end to end: a fake gsutil serves `ls -l` from the mirror, real gsutil does `cp`."""
     script = tmp_path / "fakebin" / "gsutil"
     script.parent.mkdir()
     script.write_text(
         f"""#!{sys.executable}
 import os, sys, time
-MIRROR, REAL, PREFIX = {str(mirror)!r}, {REAL_GSUTIL!r}, "gs://fake-bucket/dqn"
+MIRROR, REAL, PREFIX = {str(mirror)!r}, {real_gsutil!r}, "gs://fake-bucket/dqn"
 args = sys.argv[1:]
 if "ls" in args:
     url = args[-1].rstrip("/")
@@ -392,6 +396,7 @@ os.execv(REAL, [REAL] + [a.replace(PREFIX, MIRROR) for a in args])
 
 
 def test_parse_ls_long_skips_directories_and_total():
+    """Every object is listed (download keeps only the replay files); sub-directories and TOTAL are not."""
     text = (
         "       156  2019-07-14T00:00:00Z  gs://b/dqn/Pong/1/replay_logs/$store$_action_ckpt.0.gz\n"
         "       105  2019-07-14T00:00:00Z  gs://b/dqn/Pong/1/replay_logs/add_count_ckpt.0.gz\n"
@@ -399,4 +404,8 @@ def test_parse_ls_long_skips_directories_and_total():
         "        10  2019-07-14T00:00:00Z  gs://b/dqn/Pong/1/replay_logs/README\n"
         "TOTAL: 3 objects, 271 bytes (271 B)\n"
     )
-    assert dl._parse_ls_long(text) == {"$store$_action_ckpt.0.gz": 156, "add_count_ckpt.0.gz": 105}
+    assert gsutil.parse_ls_long(text) == {
+        "$store$_action_ckpt.0.gz": 156,
+        "add_count_ckpt.0.gz": 105,
+        "README": 10,
+    }

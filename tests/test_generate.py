@@ -23,7 +23,10 @@ from jowa.data.dopamine_format import (
     list_suffixes,
     load_array,
 )
-from jowa.data.generate import DopamineReplayWriter, generate_run, make_env
+from jowa.data.generate import DopamineReplayWriter, generate_run
+from jowa.errors import OutputExistsError
+from jowa.eval.env import make_env
+from jowa.games import UnknownGameError
 
 FIXTURE = Path(__file__).resolve().parent / "reference" / "dopamine_fixture"
 RUNS = ["Long/1", "Short/1", "Edge/1"]
@@ -127,10 +130,18 @@ def test_pad_row_on_the_log_point_skips_that_log(tmp_path: Path) -> None:
 # ------------------------------------------------------------------------------------- real ALE runs
 
 
+def play(game: str, out: Path, steps: int, *, seed: int, progress: bool) -> dict:
+    """A generated run with DQN-Replay's sticky actions and episodes capped at 27 000 steps."""
+    return generate_run(
+        game, out, steps_per_run=steps, capacity=CAPACITY, sticky_actions=0.25, max_episode_steps=27_000,
+        seed=seed, progress=progress,
+    )  # fmt: skip
+
+
 @pytest.fixture(scope="module")
 def generated(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     out = tmp_path_factory.mktemp("gen") / GAME / "1" / "replay_logs"
-    summary = generate_run(GAME, out, steps=STEPS, capacity=CAPACITY, seed=0, progress=False)
+    summary = play(GAME, out, STEPS, seed=0, progress=False)
     return out, summary
 
 
@@ -219,10 +230,10 @@ def decompressed(directory: Path) -> dict[str, bytes]:
 def test_same_seed_same_files_other_seed_differs(generated: tuple[Path, dict], tmp_path: Path) -> None:
     out, _ = generated
     again = tmp_path / "again" / "replay_logs"
-    generate_run(GAME, again, steps=STEPS, capacity=CAPACITY, seed=0, progress=False)
+    play(GAME, again, STEPS, seed=0, progress=False)
     assert decompressed(again) == decompressed(out)
     other = tmp_path / "other" / "replay_logs"
-    generate_run(GAME, other, steps=STEPS // 4, capacity=CAPACITY, seed=1, progress=True)
+    play(GAME, other, STEPS // 4, seed=1, progress=True)
     mine, theirs = decompressed(out), decompressed(other)
     for kind in ("observation", "action"):
         name = checkpoint_filename(kind, 0)
@@ -259,8 +270,8 @@ def test_preprocessing_matches_dopamine_recipe() -> None:
 
 def test_unknown_game_leaves_nothing_behind(tmp_path: Path) -> None:
     out = tmp_path / "NoSuchGame" / "1" / "replay_logs"
-    with pytest.raises(ValueError, match="NoSuchGame"):
-        generate_run("NoSuchGame", out, steps=10, capacity=CAPACITY, seed=0, progress=False)
+    with pytest.raises(UnknownGameError, match="NoSuchGame"):
+        play("NoSuchGame", out, 10, seed=0, progress=False)
     assert not any(tmp_path.iterdir())
 
 
@@ -274,7 +285,7 @@ def test_failure_mid_run_removes_staging_and_created_parents(
     (tmp_path / GAME).mkdir()  # an existing game directory stays; the run directory created here goes
     out = tmp_path / GAME / "2" / "replay_logs"
     with pytest.raises(OSError, match="disk full"):
-        generate_run(GAME, out, steps=50, capacity=CAPACITY, seed=0, progress=False)
+        play(GAME, out, 50, seed=0, progress=False)
     assert [p.name for p in tmp_path.rglob("*")] == [GAME]
 
 
@@ -282,6 +293,6 @@ def test_existing_output_is_not_overwritten(tmp_path: Path) -> None:
     out = tmp_path / GAME / "1" / "replay_logs"
     out.mkdir(parents=True)
     (out / "keep").write_text("x")
-    with pytest.raises(FileExistsError):
-        generate_run(GAME, out, steps=10, capacity=CAPACITY, seed=0, progress=False)
+    with pytest.raises(OutputExistsError, match="already exists; remove it"):
+        play(GAME, out, 10, seed=0, progress=False)
     assert [p.name for p in out.iterdir()] == ["keep"]

@@ -10,12 +10,16 @@ import pytest
 import torch
 
 from jowa.checkpoints import from_reference
+from jowa.games import task_id
+from jowa.models.batch import Batch
 from jowa.models.losses import critic_losses, project_distribution, task_action_masks, world_model_losses
 from jowa.models.world_action import JOWA, JOWAConfig, JOWAOutput
 
 FIXTURE = Path(__file__).resolve().parent / "reference" / "tiny_fixture"
 TINY_ARCH = {"layers": 2, "heads": 2, "width": 64, "q_hidden": 32, "q_ensemble": 2, "q_dropout": 0.0}
 ATOMS = JOWAConfig.from_arch(TINY_ARCH).atoms()  # 51 atoms on [-10, 30], spacing 0.8
+ALL_VALID = task_id("Alien")  # a game whose minimal action set is all 18 actions
+ASSAULT = task_id("Assault")  # 7 valid actions; 5 (DOWN) is not one of them
 
 
 @pytest.fixture(autouse=True)
@@ -33,12 +37,25 @@ def fixture_run() -> tuple[JOWA, dict[str, torch.Tensor], JOWAOutput, dict]:
     return model, io, output, expected
 
 
+def fixture_batch(io: dict[str, torch.Tensor], tasks: torch.Tensor | None = None) -> Batch:
+    return Batch(
+        obs_tokens=io["obs_tokens"],
+        actions=io["actions"],
+        rewards=io["rewards"],
+        ends=io["ends"],
+        mask=io["mask_padding"],
+        tasks=io["tasks"] if tasks is None else tasks,
+    )
+
+
 def world_losses(io: dict[str, torch.Tensor], output: JOWAOutput, weight: float) -> dict[str, torch.Tensor]:
-    return world_model_losses(output, io["obs_tokens"], io["rewards"], io["ends"], io["mask_padding"], weight)
+    return world_model_losses(output, fixture_batch(io), supervised_weight=weight)
 
 
-def fixture_critic_losses(io: dict[str, torch.Tensor], output: JOWAOutput, mask: torch.Tensor) -> dict:
-    return critic_losses(output, io["actions"], io["rewards"], io["ends"], io["mask_padding"], mask, ATOMS)
+def test_batch_tokens_are_the_reference_layout(fixture_run) -> None:
+    """Observation tokens then the action, step after step: the reference model's input, exactly."""
+    _, io, _, _ = fixture_run
+    assert torch.equal(fixture_batch(io).tokens(), io["tokens"])
 
 
 def test_fixture_world_only_losses(fixture_run) -> None:
@@ -53,9 +70,8 @@ def test_fixture_losses_with_critic(fixture_run) -> None:
     config = expected["critic_train"]
     losses = world_losses(io, output, config["supervised_weight"])
     losses |= critic_losses(
-        output, io["actions"], io["rewards"], io["ends"], io["mask_padding"], task_action_masks(io["tasks"]),
-        ATOMS, gamma=config["gamma"], cql_weight=config["cql_weight"],
-    )  # fmt: skip
+        output, fixture_batch(io), atoms=ATOMS, gamma=config["gamma"], cql_weight=config["cql_weight"]
+    )
     assert set(losses) == set(expected["losses_with_critic"])
     for name, value in expected["losses_with_critic"].items():
         assert losses[name].item() == pytest.approx(value, rel=1e-4)
@@ -66,7 +82,14 @@ def test_fixture_was_made_with_each_games_action_mask(fixture_run) -> None:
     _, io, output, expected = fixture_run
     masks = task_action_masks(io["tasks"])
     assert masks.sum(dim=1).tolist() == [7, 6, 6, 8]
-    all_valid = fixture_critic_losses(io, output, torch.ones_like(masks))["loss_td_error"].item()
+    config = expected["critic_train"]
+    all_valid = critic_losses(
+        output,
+        fixture_batch(io, tasks=torch.full_like(io["tasks"], ALL_VALID)),
+        atoms=ATOMS,
+        gamma=config["gamma"],
+        cql_weight=config["cql_weight"],
+    )["loss_td_error"].item()
     assert abs(all_valid / expected["losses_with_critic"]["loss_td_error"] - 1) > 1e-4
 
 
@@ -110,17 +133,21 @@ def critic(
     target: torch.Tensor,
     ends: tuple[int, ...] = (0, 0, 0),
     valid: tuple[bool, ...] = (True, True, True),
-    mask: torch.Tensor | None = None,
+    task: int = ALL_VALID,
     reward: float = 0.0,
 ) -> dict[str, torch.Tensor]:
-    """Critic losses of one row of len(ends) steps, dataset action 12 throughout, CQL weight 1."""
+    """Critic losses of one row of len(ends) steps, dataset action 12 throughout, gamma 0.99, CQL weight 1."""
     steps = len(ends)
     output = JOWAOutput(torch.empty(0), torch.empty(0), torch.empty(0), online, target)
-    return critic_losses(
-        output, torch.full((1, steps), 12), torch.full((1, steps), reward), torch.tensor([ends]),
-        torch.tensor([valid]), torch.ones(1, 18, dtype=torch.bool) if mask is None else mask, ATOMS,
-        cql_weight=1.0,
-    )  # fmt: skip
+    batch = Batch(
+        obs_tokens=torch.zeros(1, steps, 36, dtype=torch.long),
+        actions=torch.full((1, steps), 12),
+        rewards=torch.full((1, steps), reward),
+        ends=torch.tensor([ends]),
+        mask=torch.tensor([valid]),
+        tasks=torch.tensor([task]),
+    )
+    return critic_losses(output, batch, atoms=ATOMS, gamma=0.99, cql_weight=1.0)
 
 
 def random_logits(steps: int = 3) -> torch.Tensor:
@@ -149,9 +176,9 @@ def test_td_value_of_a_terminal_step_by_hand() -> None:
 def test_target_argmax_ignores_invalid_actions() -> None:
     # Action 5 (DOWN, invalid in Assault) has the highest value, action 0 the best valid one.
     online = random_logits()
-    assault = task_action_masks(torch.tensor([3]))
-    masked = critic(online, one_hot_logits({5: 50, 0: 30, 1: 20}), mask=assault)["loss_td_error"]
-    best_valid = critic(online, one_hot_logits({0: 30, 1: 20}), mask=assault)["loss_td_error"]
+    assert not task_action_masks(torch.tensor([ASSAULT]))[0, 5]
+    masked = critic(online, one_hot_logits({5: 50, 0: 30, 1: 20}), task=ASSAULT)["loss_td_error"]
+    best_valid = critic(online, one_hot_logits({0: 30, 1: 20}), task=ASSAULT)["loss_td_error"]
     unmasked = critic(online, one_hot_logits({5: 50, 0: 30, 1: 20}))["loss_td_error"]
     assert masked.item() == pytest.approx(best_valid.item())
     assert unmasked.item() != pytest.approx(masked.item())
@@ -187,12 +214,11 @@ def test_td_loss_counts_only_real_steps_with_a_successor_or_a_terminal(
 
 def test_cql_penalty_by_hand_and_over_all_18_actions() -> None:
     """Q = z of each action's atom: action 12 on z_25 = 10, the rest on z_0 = -10 (or 5 on z_50 = 30)."""
-    assault = task_action_masks(torch.tensor([3]))
-    low = critic(one_hot_logits({12: 25}), one_hot_logits({}), mask=assault)["loss_cql_penalty"]
+    low = critic(one_hot_logits({12: 25}), one_hot_logits({}), task=ASSAULT)["loss_cql_penalty"]
     q = ATOMS[torch.tensor([0] * 17 + [25])]
     assert low.item() == pytest.approx((torch.logsumexp(q, 0) - 10).item(), rel=1e-5)
     # Action 5 is invalid in Assault, yet its value enters the logsumexp (spec gotcha 7).
-    high = critic(one_hot_logits({12: 25, 5: 50}), one_hot_logits({}), mask=assault)["loss_cql_penalty"]
+    high = critic(one_hot_logits({12: 25, 5: 50}), one_hot_logits({}), task=ASSAULT)["loss_cql_penalty"]
     assert high.item() == pytest.approx(
         (torch.logsumexp(torch.cat([q, ATOMS[-1:]]), 0) - 10).item(), rel=1e-5
     )
@@ -215,7 +241,10 @@ def test_world_losses_ignore_padded_steps() -> None:
     mask[0, 6:] = False
     mask[1, :2] = False
     output = JOWAOutput(torch.randn(2, 288, 2048), torch.randn(2, 8, 3), torch.randn(2, 8, 2), None, None)
-    before = world_model_losses(output, obs_tokens, rewards, ends, mask)
+    actions, tasks = torch.zeros(2, 8, dtype=torch.long), torch.tensor([3, 49])
+    before = world_model_losses(
+        output, Batch(obs_tokens, actions, rewards, ends, mask, tasks), supervised_weight=1.0
+    )
     changed_tokens, changed_rewards = obs_tokens.clone(), rewards.clone()
     changed_tokens[~mask] = 7
     changed_rewards[~mask] = 5.0
@@ -224,7 +253,9 @@ def test_world_losses_ignore_padded_steps() -> None:
     )
     changed.reward_logits[~mask] = 100.0
     changed.end_logits[~mask] = -100.0
-    after = world_model_losses(changed, changed_tokens, changed_rewards, ends, mask, supervised_weight=0.5)
+    after = world_model_losses(
+        changed, Batch(changed_tokens, actions, changed_rewards, ends, mask, tasks), supervised_weight=0.5
+    )
     for name, value in before.items():
         assert after[name].item() == pytest.approx(0.5 * value.item())
     # Row 0 predicts its tokens 1..215 (steps 0-5), row 1 its tokens 72..287 (steps 2-7), each from the
@@ -241,9 +272,10 @@ def test_critic_gradients_reach_the_backbone_but_not_the_target() -> None:
     tokens, tasks = torch.randint(0, 18, (2, 296)), torch.tensor([3, 49])
     actions, valid = tokens.view(2, 8, 37)[:, :, 36], torch.ones(2, 8, dtype=torch.bool)
     output = model(tokens, tasks)
-    losses = critic_losses(
-        output, actions, torch.zeros(2, 8), torch.zeros(2, 8), valid, task_action_masks(tasks), ATOMS
+    batch = Batch(
+        tokens.view(2, 8, 37)[:, :, :36], actions, torch.zeros(2, 8), torch.zeros(2, 8), valid, tasks
     )
+    losses = critic_losses(output, batch, atoms=ATOMS, gamma=0.99, cql_weight=0.1)
     sum(losses.values()).backward()
     assert model.transformer.blocks[0].attn.query.weight.grad.abs().sum() > 0
     assert model.q_head.in_weight.grad.abs().sum() > 0

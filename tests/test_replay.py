@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 
 from jowa.data.dopamine_format import NpyGzReader, ReplayFormatError, checkpoint_filename, list_suffixes
-from jowa.data.replay import index_run, read_episodes
+from jowa.data.extract import read_episodes
+from jowa.data.replay import index_run
 
 FIXTURE = Path(__file__).resolve().parent / "reference" / "dopamine_fixture"
 RUNS = ["Long/1", "Short/1", "Edge/1"]

@@ -12,8 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from jowa.data.extract import read_episodes
 from jowa.data.generate import DopamineReplayWriter, generate_run
-from jowa.data.replay import index_run, read_episodes
+from jowa.data.replay import index_run
 
 
 def encoded(step: int) -> np.ndarray:
@@ -64,8 +65,9 @@ def test_written_episodes_come_back(tmp_path: Path, capacity: int, max_len: int,
 def test_real_ale_run_reads_back_whole(tmp_path: Path) -> None:
     replay_dir = tmp_path / "Pong" / "1" / "replay_logs"
     summary = generate_run(
-        "Pong", replay_dir, steps=900, capacity=300, seed=5, max_episode_steps=150, progress=False
-    )
+        "Pong", replay_dir, steps_per_run=900, capacity=300, sticky_actions=0.25, max_episode_steps=150,
+        seed=5, progress=False,
+    )  # fmt: skip
     index = index_run(replay_dir)
     assert not index.gaps and len(index.files) == len(summary["suffixes"])
     read = list(read_episodes(replay_dir))

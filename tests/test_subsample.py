@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 
 from jowa import games
-from jowa.data.download import write_manifest
+from jowa.data.extract import read_episodes
 from jowa.data.generate import DopamineReplayWriter
-from jowa.data.replay import index_run, read_episodes
+from jowa.data.manifest import write_manifest
+from jowa.data.replay import index_run
 from jowa.data.store import TrainingStore, segment_mask
 from jowa.data.subsample import build_store, pick_runs
 
@@ -31,8 +32,8 @@ def decode(frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return frames[:, 0, 0].astype(int) + 256 * frames[:, 0, 1].astype(int), frames[:, 5, 5].astype(int)
 
 
-def write_run(root: Path, run: int, steps: int, seed: int) -> dict[int, tuple[int, float]]:
-    """A run of random-length episodes in the Dopamine layout; returns step -> (action, reward)."""
+def write_run(root: Path, run: int, steps: int, seed: int) -> dict[int, tuple[int, float, bool]]:
+    """A run of random-length episodes in the Dopamine layout; returns step -> (action, reward, terminal)."""
     rng = np.random.default_rng(seed)
     replay_dir = root / GAME / str(run) / "replay_logs"
     replay_dir.mkdir(parents=True)
@@ -43,7 +44,7 @@ def write_run(root: Path, run: int, steps: int, seed: int) -> dict[int, tuple[in
         for t in range(length):
             action, reward = int(rng.integers(0, 6)), float(rng.choice([-1.0, 0.0, 1.0]))
             writer.add(frame(step, run), action, reward, t == length - 1)
-            truth[step] = (action, reward)
+            truth[step] = (action, reward, t == length - 1)
             step += 1
     writer.finish()
     write_manifest(replay_dir, root / "manifests" / GAME / f"{run}.tsv")
@@ -62,10 +63,8 @@ def make_store(root: Path, out: Path, seed: int = 0, transitions: int = 400, **k
         replay_dirs={r: root / GAME / str(r) / "replay_logs" for r in (1, 2)},
         manifests={r: root / "manifests" / GAME / f"{r}.tsv" for r in (1, 2)},
         out=out,
-        transitions=transitions,
+        transitions_per_game=transitions,
         seed=seed,
-        segment_length=8,
-        segment_stride=kw.pop("stride", 4),
         progress=False,
         **kw,
     )
@@ -86,9 +85,12 @@ def test_store_holds_whole_distinct_episodes_with_exact_rows(runs, tmp_path: Pat
         assert (np.diff(ids) == 1).all() and len(set(run)) == 1  # consecutive steps of one run
         assert store.terminals[sl][-1] == 1 and store.terminals[sl][:-1].sum() == 0
         r = int(run[0])
-        assert ids[0] == 0 or truth_episode_starts(truth[r], int(ids[0]))
+        # a whole episode of the written run: it starts at the run's start or right after a terminal step,
+        # and ends on the written run's terminal step
+        assert ids[0] == 0 or truth[r][int(ids[0]) - 1][2]
+        assert truth[r][int(ids[-1])][2]
         for i, step in enumerate(ids):
-            action, reward = truth[r][int(step)]
+            action, reward, _ = truth[r][int(step)]
             assert store.actions[sl][i] == to_full[action]  # 18-way full index
             assert store.rewards[sl][i] == reward
             assert (r, int(step)) not in seen
@@ -97,23 +99,19 @@ def test_store_holds_whole_distinct_episodes_with_exact_rows(runs, tmp_path: Pat
     assert set(store.meta["source_manifests"]) == {"1", "2"}
 
 
-def truth_episode_starts(run_truth: dict, step: int) -> bool:
-    """The writer's episodes are contiguous; a stored episode must start right after a terminal."""
-    return step - 1 in run_truth
-
-
 def test_segments_cover_every_episode_with_right_padding(runs, tmp_path: Path) -> None:
     store = make_store(runs[0], tmp_path / "store")
     starts = store.episode_starts
     lengths = np.diff(starts)
-    assert len(store.segments) == int(np.sum(-(-lengths // 4)))
-    episode_of = np.searchsorted(starts, store.segments[:, 0], side="right") - 1
-    offset = store.segments[:, 0] - starts[episode_of]
+    segments = store.segments(8, 4)
+    assert len(segments) == int(np.sum(-(-lengths // 4)))
+    episode_of = np.searchsorted(starts, segments[:, 0], side="right") - 1
+    offset = segments[:, 0] - starts[episode_of]
     assert (offset % 4 == 0).all()
-    np.testing.assert_array_equal(store.segments[:, 1], np.minimum(8, lengths[episode_of] - offset))
-    mask = segment_mask(store.segments[:, 1], 8)
-    assert mask.shape == (len(store.segments), 8) and mask[:, 0].all()
-    assert (store.segments[:, 0] + mask.sum(1) <= starts[episode_of + 1]).all()  # never past the episode
+    np.testing.assert_array_equal(segments[:, 1], np.minimum(8, lengths[episode_of] - offset))
+    mask = segment_mask(segments[:, 1], 8)
+    assert mask.shape == (len(segments), 8) and mask[:, 0].all()
+    assert (segments[:, 0] + mask.sum(1) <= starts[episode_of + 1]).all()  # never past the episode
 
 
 def digest(path: Path) -> str:
@@ -132,7 +130,7 @@ def test_subsample_is_deterministic(runs, tmp_path: Path) -> None:
 
 def test_checkpoint_window_keeps_episodes_of_late_files(runs, tmp_path: Path) -> None:
     root, _ = runs
-    store = make_store(root, tmp_path / "expert", transitions=50, window=(0.7, 1.0), stride=1)
+    store = make_store(root, tmp_path / "expert", transitions=50, window=(0.7, 1.0))
     late_starts = set()
     for run in (1, 2):
         replay_dir = root / GAME / str(run) / "replay_logs"
@@ -143,7 +141,7 @@ def test_checkpoint_window_keeps_episodes_of_late_files(runs, tmp_path: Path) ->
     steps, run_of = decode(np.asarray(store.frames))
     firsts = {(int(run_of[i]), int(steps[i])) for i in store.episode_starts[:-1]}
     assert firsts and firsts <= late_starts
-    assert len(store.segments) == len(store)  # stride 1: a segment starts at every step
+    assert len(store.segments(8, 1)) == len(store)  # stride 1: a segment starts at every step
     with pytest.raises(ValueError, match=r"no whole episode .* within checkpoint window"):
         make_store(root, tmp_path / "none", window=(0.999, 1.0))
     assert not (tmp_path / "none").exists()
@@ -159,10 +157,8 @@ def test_actions_outside_the_minimal_set_are_rejected(runs, tmp_path: Path) -> N
             replay_dirs={1: root / GAME / "1" / "replay_logs"},
             manifests={1: root / "manifests" / GAME / "1.tsv"},
             out=tmp_path / "wrong",
-            transitions=700,
+            transitions_per_game=700,
             seed=0,
-            segment_length=8,
-            segment_stride=4,
             progress=False,
         )
     assert not (tmp_path / "wrong").exists() and not list(tmp_path.glob(".wrong*"))

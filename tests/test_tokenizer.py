@@ -3,19 +3,16 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from jowa.models.tokenizer import (
-    LPIPS,
-    PerceptualWeightsUnavailable,
-    Tokenizer,
-    TokenizerConfig,
-    tokenizer_from_reference,
-)
+from jowa.checkpoints import CheckpointError, load_lpips, tokenizer_from_reference
+from jowa.models.lpips import LPIPS
+from jowa.models.tokenizer import PerceptualWeightsUnavailable, Tokenizer, TokenizerConfig
 
 REFERENCE = Path(__file__).resolve().parent / "reference"
 FIXTURE = REFERENCE / "tiny_fixture"
@@ -180,17 +177,34 @@ def test_full_size_layout_is_the_reference_one(full_model: Tokenizer, full_shape
 def test_reference_loader_names_offending_keys(full_shapes: dict) -> None:
     good = {k: torch.zeros(shape) for k, shape in full_shapes.items()}
     wrong_shape = dict(good, **{"encoder.down.1.attn.0.q.weight": torch.zeros(64, 64, 3, 3)})
-    with pytest.raises(ValueError, match=r"wrong shapes \(1\): encoder\.down\.1\.attn\.0\.q\.weight"):
+    with pytest.raises(CheckpointError, match=r"wrong shapes \(1\): encoder\.down\.1\.attn\.0\.q\.weight"):
         tokenizer_from_reference(wrong_shape, TokenizerConfig())
     missing = {k: v for k, v in good.items() if k != "decoder.up.1.upsample.conv.weight"}
-    with pytest.raises(ValueError, match=r"missing keys \(1\): decoder\.up\.1\.upsample\.conv\.weight"):
+    with pytest.raises(CheckpointError, match=r"missing keys \(1\): decoder\.up\.1\.upsample\.conv\.weight"):
         tokenizer_from_reference(missing, TokenizerConfig())
     extra = dict(good, **{"decoder.up.0.attn.0.q.weight": torch.zeros(64, 64, 1, 1)})
-    with pytest.raises(ValueError, match=r"unexpected keys \(1\): decoder\.up\.0\.attn\.0\.q\.weight"):
+    with pytest.raises(CheckpointError, match=r"unexpected keys \(1\): decoder\.up\.0\.attn\.0\.q\.weight"):
         tokenizer_from_reference(extra, TokenizerConfig())
     partial_lpips = dict(good, **{"lpips.lin0.model.1.weight": torch.zeros(1, 64, 1, 1)})
-    with pytest.raises(ValueError, match=r"LPIPS .*missing keys .*lpips\.net\.slice1\.0\.weight"):
+    with pytest.raises(CheckpointError, match=r"LPIPS .*missing keys .*lpips\.net\.slice1\.0\.weight"):
         tokenizer_from_reference(partial_lpips, TokenizerConfig())
+
+
+def test_reference_loader_reports_every_problem_in_one_message(full_shapes: dict) -> None:
+    """Tokenizer and LPIPS keys, missing, unexpected and wrong-shaped, all in a single error."""
+    state = {k: torch.zeros(shape) for k, shape in full_shapes.items() if k != "embedding.weight"}
+    state["decoder.conv_out.bias"] = torch.zeros(2)
+    state["encoder.extra.weight"] = torch.zeros(1)
+    state["lpips.lin0.model.1.weight"] = torch.zeros(1, 32, 1, 1)
+    with pytest.raises(CheckpointError) as caught:
+        tokenizer_from_reference(state, TokenizerConfig())
+    message = str(caught.value)
+    assert message.count("reference tokenizer") == 1 and "LPIPS" in message
+    assert re.search(r"missing keys \(\d+\): embedding\.weight, .*lpips\.net\.slice1\.0\.weight", message)
+    assert "lpips.scaling_layer" not in message  # fixed constants, optional
+    assert "unexpected keys (1): encoder.extra.weight" in message
+    assert "decoder.conv_out.bias (expected [1], got [2])" in message
+    assert "lpips.lin0.model.1.weight (expected [1, 64, 1, 1], got [1, 32, 1, 1])" in message
 
 
 # ----------------------------------------------------------------------------------------------- architecture
@@ -250,7 +264,7 @@ def test_initialisation_follows_the_reference() -> None:
 
 def test_perceptual_loss_without_weights_fails_clearly() -> None:
     model = Tokenizer(TINY)
-    with pytest.raises(PerceptualWeightsUnavailable, match="cannot be downloaded.*perceptual_weights"):
+    with pytest.raises(PerceptualWeightsUnavailable, match="cannot be downloaded.*load_lpips"):
         model.compute_loss(torch.rand(1, 1, 84, 84), perceptual=True)
 
 
@@ -272,7 +286,7 @@ def test_lpips_weights_from_file_and_from_reference_checkpoint(tmp_path: Path, l
     source = lpips_net
     path = tmp_path / "lpips.pt"
     torch.save({f"lpips.{k}": v for k, v in source.state_dict().items()}, path)
-    model = Tokenizer(TINY, perceptual_weights=path)
+    model = Tokenizer(TINY, perceptual=load_lpips(path))
     model.train()
     assert model.lpips is not None and not model.lpips.training  # frozen metric stays in eval mode
     frames = torch.rand(1, 1, 84, 84)
@@ -291,9 +305,12 @@ def test_lpips_weights_from_file_and_from_reference_checkpoint(tmp_path: Path, l
     heads = {k: v for k, v in source.state_dict().items() if k.startswith("lin")}
     torch.save(vgg, tmp_path / "vgg16.pth")
     torch.save(heads, tmp_path / "heads.pth")
-    merged = LPIPS.from_pretrained([tmp_path / "vgg16.pth", tmp_path / "heads.pth"])
+    merged = load_lpips([tmp_path / "vgg16.pth", tmp_path / "heads.pth"])
     for name, value in source.state_dict().items():
         assert torch.equal(merged.state_dict()[name], value), name
+    heads_missing = r"LPIPS weights from .*vgg16\.pth: .*missing keys \(5\): lin0\.model\.1\.weight, "
+    with pytest.raises(CheckpointError, match=heads_missing):
+        load_lpips(tmp_path / "vgg16.pth")
 
     # A reference checkpoint carrying lpips.* keys enables the perceptual term after loading.
     state = {**model.state_dict()}

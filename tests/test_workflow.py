@@ -1,4 +1,4 @@
-"""The Snakemake DAG: the paper plan, bad params, and a real end-to-end run of the local pipeline."""
+"""The Snakemake DAG: the paper plan, one params file, code inputs, and a real run of the local pipeline."""
 
 from __future__ import annotations
 
@@ -6,77 +6,171 @@ import json
 import os
 import re
 import shutil
+import stat
 import subprocess
 from pathlib import Path
 
 import pytest
 import yaml
 
+from jowa.cli import COMMANDS
+from jowa.code_inputs import code_inputs
+
 ROOT = Path(__file__).resolve().parents[1]
 WORKFLOW_FILES = ("Snakefile", "params.yaml", "workflow", "config", "profiles")
+RAW_RULES = {"generate", "download"}  # raw data: never rerun for code, so no code inputs
+STORE_JOBS = {"subsample": 2, "finetune_set": 3, "all": 1}  # every store of the smoke run
 
 
-def workdir(tmp_path: Path) -> Path:
-    """A copy of the workflow (the package linked in) so runs never touch the checkout's results."""
+def workdir(tmp_path: Path, copy_code: bool = False) -> Path:
+    """A copy of the workflow so runs never touch the checkout; the package linked, or copied to edit it."""
     for name in WORKFLOW_FILES:
         src = ROOT / name
         (shutil.copytree if src.is_dir() else shutil.copy)(src, tmp_path / name)
-    (tmp_path / "jowa").symlink_to(ROOT / "jowa")
+    if copy_code:
+        shutil.copytree(ROOT / "jowa", tmp_path / "jowa", ignore=shutil.ignore_patterns("__pycache__"))
+    else:
+        (tmp_path / "jowa").symlink_to(ROOT / "jowa")
     return tmp_path
 
 
-def snakemake(cwd: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+def snakemake(cwd: Path, *args: str, check: bool = True) -> str:
+    """Run snakemake with the workdir's package first on the path (Snakemake and its jobs import it)."""
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "PYTHONPATH": str(cwd)}
     proc = subprocess.run(["snakemake", *args], cwd=cwd, capture_output=True, text=True, env=env, timeout=600)
+    output = proc.stdout + proc.stderr
     if check and proc.returncode != 0:
-        raise AssertionError(
-            f"snakemake {' '.join(args)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
-        )
-    return proc
+        raise AssertionError(f"snakemake {' '.join(args)} failed:\n{output[-6000:]}")
+    return output
 
 
 def job_counts(output: str) -> dict[str, int]:
+    if "Nothing to be done" in output:
+        return {}
     table = output.split("Job stats:")[1]
     return {m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, re.M) if m[1] != "total"}
 
 
+def planned_jobs(output: str) -> list[tuple[str, list[str], str]]:
+    """(rule, inputs, shell command) of every job in a `--dry-run --printshellcmds` plan."""
+    jobs = []
+    for block in re.split(r"^(?:local)?rule ", output, flags=re.M)[1:]:
+        rule = block.split(":", 1)[0]
+        inputs = re.search(r"^\s+input: (.*)$", block, re.M)
+        shell = re.search(r"^Shell command: (.*)$", block, re.M)
+        jobs.append((rule, inputs[1].split(", ") if inputs else [], shell[1] if shell else ""))
+    return jobs
+
+
 def test_dry_run_plans_the_paper_data_phase(tmp_path: Path) -> None:
-    proc = snakemake(workdir(tmp_path), "-n", "--forceall", "--quiet", "rules")
-    counts = job_counts(proc.stdout + proc.stderr)
-    assert counts == {"download": 20 * 5, "subsample": 15, "finetune_set": 5 * 3, "all": 1}
+    output = snakemake(workdir(tmp_path), "-n", "--forceall", "--quiet", "rules")
+    assert job_counts(output) == {"download": 20 * 5, "subsample": 15, "finetune_set": 5 * 3, "all": 1}
+
+
+def test_a_configfile_replaces_params_yaml_whole(tmp_path: Path) -> None:
+    cwd = workdir(tmp_path)
+    params = yaml.safe_load((cwd / "params.yaml").read_text())
+    params["finetune_data"]["qualities"] = {"expert": [0.8, 1.0]}
+    (cwd / "one.yaml").write_text(yaml.safe_dump(params))
+    output = snakemake(cwd, "-n", "--forceall", "--quiet", "rules", "--configfile", "one.yaml")
+    assert job_counts(output)["finetune_set"] == 5  # one per held-out game: no quality leaks from params.yaml
+
+    two = snakemake(cwd, "-n", "--configfile", "one.yaml", "config/smoke.yaml", check=False)
+    assert "give one complete params file, not 2" in two
+    incomplete = snakemake(
+        cwd, "-n", "--config", "subsample={seed: 5}", "--configfile", "config/smoke.yaml", check=False
+    )
+    assert "--config overrides bypass params.yaml" in incomplete
 
 
 def test_bad_params_fail_before_any_job(tmp_path: Path) -> None:
     cwd = workdir(tmp_path)
     params = yaml.safe_load((cwd / "config" / "smoke.yaml").read_text())
     params["games"]["pretrain"][1] = "SpaceInvader"
+    del params["subsample"]["seed"]
     (cwd / "bad.yaml").write_text(yaml.safe_dump(params))
-    proc = snakemake(cwd, "-n", "--configfile", "bad.yaml", check=False)
-    assert proc.returncode != 0
+    output = snakemake(cwd, "-n", "--configfile", "bad.yaml", check=False)
+    assert "bad.yaml is invalid" in output
     assert re.search(
-        r"games\.pretrain\[1\]: unknown game 'SpaceInvader'.*SpaceInvaders", proc.stdout + proc.stderr
+        r"games\.pretrain\[1\]: unknown game 'SpaceInvader'; did you mean 'SpaceInvaders'\?", output
     )
+    assert "subsample.seed: missing (required)" in output
     assert not (cwd / "resources").exists() and not (cwd / "results").exists()
+
+
+@pytest.mark.parametrize("params", ["params.yaml", "config/smoke.yaml"])
+def test_code_inputs_are_the_modules_each_command_imports(tmp_path: Path, params: str) -> None:
+    output = snakemake(workdir(tmp_path), "-n", "--forceall", "-p", "--configfile", params)
+    jobs = [job for job in planned_jobs(output) if job[0] != "all"]
+    assert {rule for rule, _, _ in jobs} >= {"subsample", "finetune_set"}
+    for rule, inputs, shell in jobs:
+        command = re.match(r"jowa (\S+(?: [a-z-]+)?)", shell)
+        name = command[1] if command[1] in COMMANDS else command[1].split()[0]
+        declared = sorted(path for path in inputs if path.endswith(".py"))
+        if rule in RAW_RULES:
+            assert declared == [], f"{rule} would re-fetch raw data after a code change"
+        else:
+            assert declared == code_inputs(COMMANDS[name][0], tmp_path), rule
+            assert "jowa/cli.py" not in declared
+
+
+def edited(path: Path) -> str:
+    """Change a module's content (a comment); returns the original to restore."""
+    original = path.read_text()
+    path.write_text(original + "\n# an edit\n")
+    return original
 
 
 @pytest.mark.slow
 def test_local_pipeline_runs_end_to_end_and_reruns_only_what_changed(tmp_path: Path) -> None:
-    cwd = workdir(tmp_path)
+    cwd = workdir(tmp_path, copy_code=True)
     snakemake(cwd, "--cores", "2", "--configfile", "config/smoke.yaml")
     smoke = yaml.safe_load((cwd / "config" / "smoke.yaml").read_text())
     for game in smoke["games"]["pretrain"]:
         meta = json.loads((cwd / "results/data/pretrain" / game / "meta.json").read_text())
         assert meta["transitions"] >= smoke["subsample"]["transitions_per_game"]
-        assert meta["segment_length"] == 8 and meta["runs"] == [1, 2]
+        assert meta["runs"] == [1, 2] and meta["format_version"] == 2
     for quality in smoke["finetune_data"]["qualities"]:
         meta = json.loads((cwd / "results/data/finetune" / quality / "Boxing" / "meta.json").read_text())
-        assert meta["quality"] == quality and meta["segment_stride"] == 1
+        assert (
+            meta["quality"] == quality
+            and meta["checkpoint_window"] == smoke["finetune_data"]["qualities"][quality]
+        )
     assert not list((cwd / "results").rglob(".*tmp*"))  # no staging left behind
+    raw = cwd / "resources/generated"
+    for path in [raw / "manifests/Pong/1.tsv", raw / "dqn-replay/Pong/1/replay_logs"]:
+        assert not path.stat().st_mode & (stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH), (
+            f"{path} is not protected"
+        )
 
-    # a second plan has nothing to do; a changed subsample seed reruns exactly the subsample jobs
-    nothing = snakemake(cwd, "-n", "--configfile", "config/smoke.yaml")
-    assert "Nothing to be done" in nothing.stdout + nothing.stderr
+    def plan() -> dict[str, int]:
+        return job_counts(snakemake(cwd, "-n", "--configfile", "config/smoke.yaml"))
+
+    assert plan() == {}
+    # code: a module reruns exactly the jobs whose command imports it, and raw data never reruns
+    for module, expected in [
+        ("cli.py", {}),
+        ("models/world_action.py", {}),
+        ("data/generate.py", {}),
+        ("data/finetune_set.py", {"finetune_set": 3, "all": 1}),
+        ("data/subsample.py", STORE_JOBS),
+        ("atomic.py", STORE_JOBS),
+    ]:
+        path = cwd / "jowa" / module
+        original = edited(path)
+        assert plan() == expected, module
+        path.write_text(original)
+    assert plan() == {}  # the same content again: Snakemake compares checksums, not only times
+
+    # a parameter reruns exactly its section's jobs; another quality's window reruns only that quality
     smoke["subsample"]["seed"] = 1
+    smoke["finetune_data"]["qualities"]["expert"] = [0.5, 1.0]
     (cwd / "config" / "smoke.yaml").write_text(yaml.safe_dump(smoke))
-    changed = snakemake(cwd, "-n", "--configfile", "config/smoke.yaml")
-    assert job_counts(changed.stdout + changed.stderr) == {"subsample": 2, "all": 1}
+    assert plan() == {"subsample": 2, "finetune_set": 1, "all": 1}
+
+
+def test_lint_finds_nothing_but_the_accepted_conda_note(tmp_path: Path) -> None:
+    """Rules run in the activated environment, not per-rule conda envs; every other lint must be fixed."""
+    output = snakemake(workdir(tmp_path), "--lint", "--configfile", "config/smoke.yaml", check=False)
+    lints = set(re.findall(r"^\s+\* (.+?):$", output, re.M))
+    assert lints == {"Specify a conda environment or container for each rule."}, output

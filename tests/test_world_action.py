@@ -6,16 +6,18 @@ the reference's outputs on 4 segments, in eval mode with the Q ensemble's dropou
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import re
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from jowa.checkpoints import count_parameters, from_reference
+from jowa.checkpoints import CheckpointError, from_reference
 from jowa.models.transformer import flash_attn_func
-from jowa.models.world_action import JOWA, SIZES, JOWAConfig, JOWAOutput
+from jowa.models.world_action import JOWA, SIZES, JOWAConfig, JOWAOutput, count_parameters
 
 REFERENCE = Path(__file__).resolve().parent / "reference"
 FIXTURE = REFERENCE / "tiny_fixture"
@@ -123,7 +125,20 @@ def test_kv_cache_overflow_is_an_error(tiny_model: JOWA, io: dict[str, torch.Ten
 @pytest.mark.skipif(flash_attn_func is not None, reason="flash-attn is installed")
 def test_flash_backend_without_flash_attn_is_an_error() -> None:
     with pytest.raises(ValueError, match="needs flash-attn"):
-        JOWA(JOWAConfig.from_arch(TINY_ARCH, attention_backend="flash"))
+        JOWA(JOWAConfig.from_arch(TINY_ARCH), attention="flash")
+
+
+def test_unknown_attention_backend_is_an_error() -> None:
+    with pytest.raises(ValueError, match="'auto', 'sdpa' or 'flash', not 'xformers'"):
+        JOWA(JOWAConfig.from_arch(TINY_ARCH), attention="xformers")
+
+
+def test_attention_backend_is_not_part_of_the_architecture(reference_state: dict[str, np.ndarray]) -> None:
+    assert "attention_backend" not in {field.name for field in dataclasses.fields(JOWAConfig)}
+    model = from_reference(reference_state, TINY_ARCH, attention="sdpa")
+    assert model.transformer.attention == "sdpa"
+    assert {block.attn.backend for block in model.transformer.blocks} == {"sdpa"}
+    assert from_reference(reference_state, TINY_ARCH).transformer.attention == "auto"
 
 
 def test_dropout_is_off_in_eval_mode_including_the_q_ensemble() -> None:
@@ -186,6 +201,10 @@ def test_initialization_follows_the_spec() -> None:
 
 def test_optimizer_groups_follow_the_reference() -> None:
     model = JOWA(JOWAConfig.from_arch(TINY_ARCH))
+    with pytest.raises(TypeError):
+        model.configure_optimizers(1e-4, 5e-5, 0.01)  # keyword-only: params.yaml names every value
+    with pytest.raises(TypeError):
+        model.configure_optimizers(world_lr=1e-4, critic_lr=5e-5)  # no default weight decay
     optimizer = model.configure_optimizers(world_lr=1e-4, critic_lr=5e-5, weight_decay=0.01)
     groups = {group["name"]: group for group in optimizer.param_groups}
     ids = {name: {id(parameter) for parameter in group["params"]} for name, group in groups.items()}
@@ -197,6 +216,22 @@ def test_optimizer_groups_follow_the_reference() -> None:
     assert (groups["world_decay"]["lr"], groups["world_decay"]["weight_decay"]) == (1e-4, 0.01)
     assert (groups["world_no_decay"]["lr"], groups["world_no_decay"]["weight_decay"]) == (1e-4, 0.0)
     assert (groups["critic"]["lr"], groups["critic"]["weight_decay"]) == (5e-5, 0.01)
+    trainable = {id(parameter) for parameter in model.parameters() if parameter.requires_grad}
+    assert set().union(*ids.values()) == trainable and sum(map(len, ids.values())) == len(trainable)
+
+
+def test_optimizer_with_a_frozen_q_head_has_no_critic_group() -> None:
+    """Stage 1 trains the world model alone: the frozen Q head must not reach the optimizer."""
+    model = JOWA(JOWAConfig.from_arch(TINY_ARCH))
+    model.q_head.requires_grad_(False)
+    model.observation_embedding.weight.requires_grad_(False)
+    optimizer = model.configure_optimizers(world_lr=1e-4, critic_lr=5e-5, weight_decay=0.01)
+    assert [group["name"] for group in optimizer.param_groups] == ["world_decay", "world_no_decay"]
+    grouped = [id(parameter) for group in optimizer.param_groups for parameter in group["params"]]
+    trainable = [id(parameter) for parameter in model.parameters() if parameter.requires_grad]
+    assert sorted(grouped) == sorted(trainable)
+    assert id(model.observation_embedding.weight) not in grouped
+    assert not {id(parameter) for parameter in model.q_head.parameters()} & set(grouped)
 
 
 def test_config_from_size_name_or_mapping() -> None:
@@ -260,16 +295,33 @@ def test_mismatched_reference_state_dict_names_the_culprits(
     state = released_state_dict(released_layouts["JOWA_40M"], reference_state)
     missing = dict(state)
     del missing["transformer.blocks.3.attn.proj.bias"]
-    with pytest.raises(ValueError, match=r"missing \['transformer\.blocks\.3\.attn\.proj\.bias'\]"):
+    with pytest.raises(
+        CheckpointError, match=r"missing keys \(1\): transformer\.blocks\.3\.attn\.proj\.bias$"
+    ):
         from_reference(missing, "40M")
-    with pytest.raises(ValueError, match=r"unexpected \['transformer\.blocks\.4\.ln1\.weight'\]"):
+    with pytest.raises(CheckpointError, match=r"unexpected keys \(1\): transformer\.blocks\.4\.ln1\.weight$"):
         from_reference({**state, "transformer.blocks.4.ln1.weight": torch.empty(512)}, "40M")
     # A 150M checkpoint's 3-member Q head does not fit the 1-member 40M head.
     wrong = {**state, "head_q.head_module.params.1": torch.empty(3, 768, device="meta")}
-    with pytest.raises(ValueError, match=r"head_q\.head_module\.params\.1: \(3, 768\) instead of \(1, 768\)"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"wrong shapes \(1\): head_q\.head_module\.params\.1 \(expected \[1, 768\], got \[3, 768\]\)$",
+    ):
         from_reference(wrong, "40M")
     shifted = {**state, "head_q.indices": state["head_q.indices"] + 1}
-    with pytest.raises(ValueError, match=r"head_q\.indices"):
+    with pytest.raises(CheckpointError, match=r"wrong values \(1\): head_q\.indices \(expected \[35, 72, "):
         from_reference(shifted, "40M")
-    with pytest.raises(ValueError, match="missing"):
+    # 150M has 12 layers and a 3-member Q head, 70M 6 layers and 1 member.
+    with pytest.raises(
+        CheckpointError,
+        match=r"unexpected keys \(96\): transformer\.blocks\.6\.ln1\.weight, .*; wrong shapes \(20\): head_q",
+    ):
         from_reference(released_state_dict(released_layouts["JOWA_150M"], reference_state), "70M")
+    # Every problem at once, in one message.
+    del wrong["transformer.blocks.3.attn.proj.bias"]
+    wrong["transformer.blocks.4.ln1.weight"] = torch.empty(512)
+    with pytest.raises(CheckpointError) as caught:
+        from_reference(wrong, "40M")
+    assert re.search(
+        r"missing keys \(1\): .*unexpected keys \(1\): .*wrong shapes \(1\): ", str(caught.value)
+    )

@@ -19,6 +19,7 @@ from typing import BinaryIO
 import numpy as np
 
 from jowa.atomic import atomic_file
+from jowa.errors import JowaError
 
 try:  # ISA-L: same gzip format, much faster inflate.
     from isal import igzip as _fast_gzip
@@ -48,8 +49,17 @@ _NAME_RE = re.compile(
 )
 
 
-class ReplayFormatError(ValueError):
+class ReplayFormatError(JowaError, ValueError):
     """A replay file is missing, truncated, corrupt or has an unexpected header."""
+
+
+def run_path(game: str, run: int | str) -> str:
+    """Where a run's checkpoint files sit below a root: `{Game}/{run}/replay_logs`.
+
+    This is the bucket's layout (`gs://atari-replay-datasets/dqn/Pong/1/replay_logs/`); local mirrors and
+    the workflow's `resources/` use it too, so it is written here once.
+    """
+    return f"{game}/{run}/replay_logs"
 
 
 def checkpoint_filename(kind: str, suffix: int) -> str:

@@ -7,12 +7,14 @@ that every downstream step (reader, converter, sampler) can consume unchanged. T
   (circular buffer, 3 zero pad rows before each episode) plus batch_rl's `OutOfGraphLoggedReplayBuffer`
   logging rule (log after an `add()` that leaves `add_count % C == C-1`, and a final partial log). It is
   checked array-for-array against files written by Dopamine's own code (tests/test_generate.py).
-* `generate_run` plays a game with ale-py through gymnasium with Dopamine's preprocessing and a uniform
-  random policy, and writes one run directory atomically.
+* `generate_run` plays a game with ale-py through gymnasium with Dopamine's preprocessing
+  (`jowa.eval.env.make_env`) and a uniform random policy, and writes one run directory atomically.
 """
 
 from __future__ import annotations
 
+import argparse
+import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -20,7 +22,9 @@ from typing import Any
 
 import numpy as np
 
+from jowa import games
 from jowa.atomic import atomic_dir
+from jowa.config import Game, GenerateParams, RunId, argument_type, params_help, parse_section
 from jowa.data.dopamine_format import (
     FILES_PER_SUFFIX,
     STACK_SIZE,
@@ -30,12 +34,16 @@ from jowa.data.dopamine_format import (
     checkpoint_filename,
     write_array,
 )
+from jowa.data.manifest import write_manifest
+from jowa.eval.env import make_env
 
 #: gzip level for generated files. Measured on 2000-frame observation arrays of random Pong, SpaceInvaders
 #: and Seaquest: level 6 deflates 24k-31k frames/s, while play yields ~1.5k steps/s, so writing a file
 #: costs ~5% of the time spent filling it, and its files are 30-50% smaller than level 1's (which is only
 #: ~2x faster). Dopamine's level 9 gains <15% more but runs at 3k-6k frames/s: up to half the play time.
 GENERATE_COMPRESSLEVEL = 6
+
+log = logging.getLogger(__name__)
 
 
 class DopamineReplayWriter:
@@ -130,40 +138,6 @@ def invalid_range(cursor: int, capacity: int) -> np.ndarray:
 # --------------------------------------------------------------------------------------------- playing
 
 
-def make_env(game: str, sticky_actions: float) -> Any:
-    """`ALE/{game}-v5` with Dopamine's preprocessing, or a ValueError naming an unknown game.
-
-    gymnasium's `AtariPreprocessing` (read in the installed gymnasium 1.4.0) does what Dopamine's
-    `atari_lib.AtariPreprocessing` did: each step repeats the action for `frame_skip=4` emulator frames
-    summing rewards, grabs `ale.getScreenGrayscale` on the last two of them, takes their pixel-wise
-    `np.maximum`, and resizes to 84x84 with `cv2.INTER_AREA` as uint8; it stops early at game over (that
-    frame is never stored). With `noop_max=0` its reset grabs one frame and zero-fills the other buffer,
-    as Dopamine's reset did. Life loss does not end episodes, as in dqn.gin. Sticky actions are applied
-    by ALE per emulator frame (`repeat_action_probability`), like gym's v0 envs used by Dopamine.
-    ALE's own 108 000-frame limit equals the default 27 000-step cap. The inner env's `obs_type` only
-    sets what it returns per frame, which the wrapper ignores; grayscale is ~10% faster than RGB.
-    """
-    import ale_py
-    import gymnasium
-
-    gymnasium.register_envs(ale_py)
-    try:
-        env = gymnasium.make(
-            f"ALE/{game}-v5",
-            frameskip=1,
-            repeat_action_probability=sticky_actions,
-            full_action_space=False,
-            obs_type="grayscale",  # AtariPreprocessing reads ALE's screen itself; skips an RGB copy a frame
-        )
-    except gymnasium.error.Error as exc:
-        raise ValueError(
-            f"unknown Atari game {game!r}: ALE has no environment ALE/{game}-v5 ({exc})"
-        ) from exc
-    return gymnasium.wrappers.AtariPreprocessing(
-        env, noop_max=0, frame_skip=4, screen_size=84, terminal_on_life_loss=False, grayscale_obs=True
-    )
-
-
 def play_episode(
     env: Any,
     writer: DopamineReplayWriter,
@@ -194,35 +168,39 @@ def play_episode(
     raise AssertionError("unreachable: the last step always ends the episode")
 
 
+def run_seed(seed: int, game: str, run: int) -> int:
+    """A distinct, reproducible seed for each generated (game, run), from params.yaml's base seed."""
+    return int(np.random.SeedSequence([seed, games.task_id(game), run]).generate_state(1)[0])
+
+
 def generate_run(
     game: str,
     out_dir: Path,
     *,
-    steps: int,
+    steps_per_run: int,
     capacity: int,
+    sticky_actions: float,
+    max_episode_steps: int,
     seed: int,
-    sticky_actions: float = 0.25,
-    max_episode_steps: int = 27_000,
-    progress: bool = True,
+    progress: bool,
 ) -> dict:
     """Play `game` at random and write a DQN-Replay run directory (`.../{Game}/{run}/replay_logs`).
 
-    Plays until at least `steps` agent steps are stored and the running episode has ended (Dopamine's
-    runner finishes the episode in progress), then logs the final partial buffer. Deterministic given
-    `seed`: it seeds the first env reset (ALE's sticky-action RNG included) and the action RNG. The run
-    is built in a temporary sibling and renamed into place at the end.
+    Plays until at least `steps_per_run` agent steps are stored and the running episode has ended
+    (Dopamine's runner finishes the episode in progress), then logs the final partial buffer.
+    Deterministic given `seed` (the run's own, see `run_seed`): it seeds the first env reset (ALE's
+    sticky-action RNG included) and the action RNG. The run is built in a temporary sibling and renamed
+    into place at the end. Settings are the `data.generate` section's, validated there.
     """
-    if steps < 1:
-        raise ValueError(f"steps must be positive, got {steps}")
-    if max_episode_steps < 1:
-        raise ValueError(f"max_episode_steps must be positive, got {max_episode_steps}")
     out_dir = Path(out_dir)
     env = make_env(game, sticky_actions)  # before touching the disk: an unknown game creates nothing
     started = time.perf_counter()
     try:
         with atomic_dir(out_dir) as tmp:
             writer = DopamineReplayWriter(tmp, capacity)
-            played, episodes = _play_steps(env, writer, steps, seed, max_episode_steps, progress, game)
+            played, episodes = _play_steps(
+                env, writer, steps_per_run, seed, max_episode_steps, progress, game
+            )
             writer.finish()
     finally:
         env.close()
@@ -271,3 +249,32 @@ def _play_steps(
             )
             episodes += 1
     return played, episodes
+
+
+# ------------------------------------------------------------------------------ `jowa data generate`
+
+
+def configure_parser(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--params", required=True, help=params_help(GenerateParams, "data.generate"))
+    parser.add_argument(
+        "--game", type=argument_type(Game, "game"), required=True, help="DQN-Replay game name"
+    )
+    parser.add_argument("--run", type=argument_type(RunId, "run"), required=True, help="run id, 1 to 5")
+    parser.add_argument("--out", type=Path, required=True, help="the run's replay_logs directory to create")
+    parser.add_argument("--manifest", type=Path, required=True, help="the manifest TSV to write")
+
+
+def main(args: argparse.Namespace) -> None:
+    params = parse_section(args.params, GenerateParams, "data.generate")
+    summary = generate_run(
+        args.game,
+        args.out,
+        steps_per_run=params.steps_per_run,
+        capacity=params.capacity,
+        sticky_actions=params.sticky_actions,
+        max_episode_steps=params.max_episode_steps,
+        seed=run_seed(params.seed, args.game, args.run),
+        progress=not args.quiet,
+    )
+    write_manifest(args.out, args.manifest)
+    log.info("generated %s", summary)

@@ -8,15 +8,13 @@ after the previous file's that is congruent to `c`. Rows already emitted by an e
 tail of the partial file) are skipped; rows no file holds form a gap.
 
 Indexing (`index_run`) reads only the small per-row arrays, so it costs a few MB per file. Frames are
-pulled later by `extract_frames`, which inflates each observation file once, in chunks, and scatters
-the wanted rows to their destination: peak memory is one chunk, whatever the file size.
+pulled later by `jowa.data.extract`, which inflates each observation file once, in chunks.
 """
 
 from __future__ import annotations
 
 import logging
-import os
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,7 +33,6 @@ from jowa.data.dopamine_format import (
 
 log = logging.getLogger(__name__)
 PADDING_ROWS = STACK_SIZE - 1
-FRAME_BYTES = 84 * 84
 
 
 @dataclass(frozen=True)
@@ -86,6 +83,13 @@ class RunIndex:
 
     def whole_episodes(self) -> list[Episode]:
         return [e for e in self.episodes if not e.truncated]
+
+    def path(self, kind: str, file: ReplayFile) -> Path:
+        return _path(self.replay_dir, kind, file.suffix)
+
+    def small_arrays(self, file: ReplayFile) -> dict[str, np.ndarray]:
+        """The file's action, reward and terminal arrays, whole."""
+        return _small_arrays(self.replay_dir, file)
 
 
 def _path(replay_dir: Path, kind: str, suffix: int) -> Path:
@@ -317,209 +321,3 @@ def index_run(replay_dir: Path | str) -> RunIndex:
         sum(b - a for a, b in gaps),
     )
     return index
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Pulling rows out: per-row arrays and frames, for a chosen set of episodes.
-
-
-def _pieces(index: RunIndex, start: int, stop: int) -> Iterator[tuple[ReplayFile, int, int]]:
-    """Split global rows [start, stop) by the file that holds them."""
-    for file in index.files:
-        lo, hi = max(start, file.first_row), min(stop, file.end_row)
-        if lo < hi:
-            yield file, lo, hi
-
-
-@dataclass(frozen=True)
-class SlotRun:
-    """`n` wanted rows stored in consecutive slots from `slot`, going to destination rows from `dest`."""
-
-    slot: int
-    n: int
-    dest: int
-
-
-def _plan(index: RunIndex, episodes: Iterable[Episode], dest_start: int) -> dict[int, list[SlotRun]]:
-    """Per file position: the wanted rows as slot runs sorted by slot (one or two per episode piece).
-
-    The plan's size follows the number of episodes, not of rows, so memory stays flat on long runs.
-    """
-    plan: dict[int, list[SlotRun]] = {}
-    dest = dest_start
-    for episode in episodes:
-        for file, lo, hi in _pieces(index, episode.start_row, episode.start_row + episode.length):
-            first_slot, piece_dest = lo % file.capacity, dest + lo - episode.start_row
-            head = min(hi - lo, file.capacity - first_slot)  # rows before the slots wrap to 0
-            runs = plan.setdefault(file.position, [])
-            runs.append(SlotRun(first_slot, head, piece_dest))
-            if head < hi - lo:
-                runs.append(SlotRun(0, hi - lo - head, piece_dest + head))
-        dest += episode.length
-    for runs in plan.values():
-        runs.sort(key=lambda run: run.slot)
-    return plan
-
-
-def files_holding(index: RunIndex, episodes: Iterable[Episode]) -> list[ReplayFile]:
-    """The files that hold at least one row of `episodes`: those that extraction reads."""
-    positions = {
-        file.position for e in episodes for file, _, _ in _pieces(index, e.start_row, e.start_row + e.length)
-    }
-    return [file for file in index.files if file.position in positions]
-
-
-@dataclass
-class EpisodeArrays:
-    """Per-row arrays of a list of episodes, concatenated in the given episode order."""
-
-    actions: np.ndarray  # int32, index into the game's minimal action set (as stored)
-    rewards: np.ndarray  # float32
-    terminals: np.ndarray  # uint8
-
-
-def extract_rows(index: RunIndex, episodes: Sequence[Episode]) -> EpisodeArrays:
-    """Actions, rewards and terminals of `episodes`, concatenated (small arrays only)."""
-    total = sum(e.length for e in episodes)
-    out = EpisodeArrays(np.zeros(total, np.int32), np.zeros(total, np.float32), np.zeros(total, np.uint8))
-    plan = _plan(index, episodes, 0)
-    for file in index.files:
-        if file.position not in plan:
-            continue
-        arrays = _small_arrays(index.replay_dir, file)
-        for run in plan[file.position]:
-            src, dst = slice(run.slot, run.slot + run.n), slice(run.dest, run.dest + run.n)
-            out.actions[dst] = arrays["action"][src]
-            out.rewards[dst] = arrays["reward"][src]
-            out.terminals[dst] = arrays["terminal"][src]
-    return out
-
-
-FrameSink = Callable[[np.ndarray, int], None]  # (frames block, first destination row)
-
-
-def extract_frames(
-    index: RunIndex,
-    episodes: Sequence[Episode],
-    sink: FrameSink,
-    *,
-    dest_start: int = 0,
-    chunk_rows: int = 32,  # small blocks stay in cache: inflate runs ~4x faster than with 1000-row blocks
-    on_bytes: Callable[[int], None] | None = None,
-) -> None:
-    """Stream every observation file that holds a wanted row once, handing runs of wanted frames to `sink`.
-
-    `sink(block, dest)` receives consecutive frames for destination rows [dest, dest + len(block)); the
-    block is a view into a reused buffer. Files holding no wanted row are not read at all.
-    """
-    plan = _plan(index, episodes, dest_start)
-    for file in index.files:
-        if file.position not in plan:
-            continue
-        path = _path(index.replay_dir, "observation", file.suffix)
-        with NpyGzReader(path) as reader:
-            if reader.dtype != np.uint8 or reader.shape != (file.capacity, 84, 84):
-                raise ReplayFormatError(
-                    f"{path}: expected uint8 frames of shape ({file.capacity}, 84, 84), "
-                    f"got {reader.dtype} {reader.shape}"
-                )
-            _scatter(reader, plan[file.position], sink, chunk_rows, on_bytes)
-
-
-def _scatter(
-    reader: NpyGzReader,
-    runs: list[SlotRun],
-    sink: FrameSink,
-    chunk_rows: int,
-    on_bytes: Callable[[int], None] | None,
-) -> None:
-    """Read a file chunk by chunk, handing each run's part in the chunk to `sink`; stop after the last run."""
-    last_needed = max(run.slot + run.n for run in runs)
-    first_open = 0  # runs before this index end before the current chunk
-    chunk_start = 0
-    for chunk in reader.iter_chunks(chunk_rows):
-        chunk_stop = chunk_start + len(chunk)
-        i = first_open
-        while i < len(runs) and runs[i].slot < chunk_stop:
-            run = runs[i]
-            lo, hi = max(run.slot, chunk_start), min(run.slot + run.n, chunk_stop)
-            if lo < hi:
-                sink(chunk[lo - chunk_start : hi - chunk_start], run.dest + lo - run.slot)
-            if run.slot + run.n <= chunk_stop and i == first_open:
-                first_open += 1
-            i += 1
-        if on_bytes is not None:
-            on_bytes(chunk.nbytes)
-        chunk_start = chunk_stop
-        if chunk_start >= last_needed:
-            break
-
-
-class FileFrameSink:
-    """Writes frames into a preallocated `.npy` file with positioned writes (page cache, not RSS)."""
-
-    def __init__(self, path: Path, rows: int):
-        header = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=(rows, 84, 84))
-        self.offset = header.offset
-        del header
-        self._fd = os.open(path, os.O_WRONLY)
-
-    def __call__(self, block: np.ndarray, dest: int) -> None:
-        os.pwrite(
-            self._fd, memoryview(np.ascontiguousarray(block)).cast("B"), self.offset + dest * FRAME_BYTES
-        )
-
-    def close(self) -> None:
-        os.close(self._fd)
-
-    def __enter__(self) -> FileFrameSink:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-def read_episodes(replay_dir: Path | str) -> Iterator[tuple[Episode, EpisodeArrays, np.ndarray]]:
-    """Every episode of a run in time order with its arrays and frames, for tests and small runs.
-
-    This holds all frames of the run in memory; the pipeline uses `index_run` + `extract_frames`. An
-    episode that starts after a gap may begin with leftover padding rows (the padding's frames cannot be
-    checked without inflating the whole file first): such rows, all-zero in every field, are dropped.
-    """
-    index = index_run(replay_dir)
-    episodes = index.episodes
-    rows = extract_rows(index, episodes)
-    frames = np.zeros((len(rows.actions), 84, 84), np.uint8)
-
-    def sink(block: np.ndarray, dest: int) -> None:
-        frames[dest : dest + len(block)] = block
-
-    extract_frames(index, episodes, sink)
-    offset = 0
-    for episode in episodes:
-        sl = slice(offset, offset + episode.length)
-        ep_rows = EpisodeArrays(rows.actions[sl], rows.rewards[sl], rows.terminals[sl])
-        ep_frames = frames[sl]
-        offset += episode.length
-        if episode.after_gap:
-            episode, ep_rows, ep_frames = _drop_leading_padding(episode, ep_rows, ep_frames)
-        if episode.length:
-            yield episode, ep_rows, ep_frames
-
-
-def _drop_leading_padding(
-    episode: Episode, rows: EpisodeArrays, frames: np.ndarray
-) -> tuple[Episode, EpisodeArrays, np.ndarray]:
-    n = 0
-    while (
-        n < min(PADDING_ROWS, episode.length)
-        and rows.actions[n] == 0
-        and rows.rewards[n] == 0
-        and rows.terminals[n] == 0
-        and not frames[n].any()
-    ):
-        n += 1
-    if n == 0:
-        return episode, rows, frames
-    trimmed = Episode(episode.start_row + n, episode.length - n, episode.truncated, episode.position, True)
-    return trimmed, EpisodeArrays(rows.actions[n:], rows.rewards[n:], rows.terminals[n:]), frames[n:]

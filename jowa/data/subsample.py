@@ -11,6 +11,7 @@ Run selection does match the reference: its legacy-RNG draw, seed 0, in game ord
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import logging
 import sys
@@ -23,17 +24,11 @@ import numpy as np
 from tqdm import tqdm
 
 from jowa import games
-from jowa.atomic import atomic_dir
-from jowa.data.replay import (
-    Episode,
-    FileFrameSink,
-    RunIndex,
-    extract_frames,
-    extract_rows,
-    files_holding,
-    index_run,
-)
-from jowa.data.store import write_arrays
+from jowa.config import Game, RunId, SubsampleParams, argument_type, params_help, parse_section
+from jowa.data.extract import extract_frames, extract_rows, files_holding
+from jowa.data.replay import Episode, RunIndex, index_run
+from jowa.data.store import StoreWriter, write_store
+from jowa.errors import MissingInputError
 
 log = logging.getLogger(__name__)
 
@@ -95,15 +90,16 @@ def build_store(
     replay_dirs: dict[int, Path],
     manifests: dict[int, Path],
     out: Path,
-    transitions: int,
+    transitions_per_game: int,
     seed: int,
-    segment_length: int,
-    segment_stride: int,
     window: tuple[float, float] = (0.0, 1.0),
     extra_meta: dict[str, Any] | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Sample whole episodes of `game` from the given runs and write a training store at `out`, atomically."""
+    """Sample whole episodes of `game` from the given runs and write a training store at `out`, atomically.
+
+    `transitions_per_game` is a minimum: episodes are drawn whole until it is reached.
+    """
     games.check_game(game)
     indexes = {run: index_run(path) for run, path in sorted(replay_dirs.items())}
     candidates = eligible_episodes(indexes, window)
@@ -113,33 +109,30 @@ def build_store(
             f"{list(window)}; generate longer runs or widen the window"
         )
     rng = np.random.default_rng([seed, games.task_id(game)])
-    chosen = select_episodes(candidates, transitions, rng)
+    chosen = select_episodes(candidates, transitions_per_game, rng)
     total = sum(c.episode.length for c in chosen)
-    if total < transitions:
+    if total < transitions_per_game:
         log.warning(
-            "%s: only %d transitions of whole episodes available, %d asked for", game, total, transitions
+            "%s: only %d steps of whole episodes available, %d asked for", game, total, transitions_per_game
         )
 
     by_run = {run: [c.episode for c in chosen if c.run == run] for run in indexes}
-    with atomic_dir(out, replace=True) as tmp:
+    with write_store(out, total) as store:
         actions, rewards, terminals = _copy_rows(game, by_run, indexes)
-        _copy_frames(by_run, indexes, tmp / "frames.npy", total, progress)
+        _copy_frames(by_run, indexes, store, progress)
         episode_starts = np.concatenate([[0], np.cumsum([c.episode.length for c in chosen])])
-        meta = write_arrays(
-            tmp,
+        meta = store.finish(
             actions=actions,
             rewards=rewards,
             terminals=terminals,
             episode_starts=episode_starts,
-            segment_length=segment_length,
-            segment_stride=segment_stride,
             meta={
                 "game": game,
                 "task_id": games.task_id(game),
                 "runs": sorted(replay_dirs),
                 "seed": seed,
                 "checkpoint_window": list(window),
-                "transitions_requested": transitions,
+                "transitions_requested": transitions_per_game,
                 "episodes_available": len(candidates),
                 "episodes_per_run": {str(r): sum(c.run == r for c in chosen) for r in sorted(replay_dirs)},
                 "truncated_skipped": sum(e.truncated for i in indexes.values() for e in i.episodes),
@@ -172,7 +165,7 @@ def _copy_rows(
 
 
 def _copy_frames(
-    by_run: dict[int, list[Episode]], indexes: dict[int, RunIndex], path: Path, total: int, progress: bool
+    by_run: dict[int, list[Episode]], indexes: dict[int, RunIndex], store: StoreWriter, progress: bool
 ) -> None:
     files_to_read = sum(len(files_holding(index, by_run[run])) for run, index in indexes.items())
     frame_bytes = 84 * 84 * max(i.capacity for i in indexes.values())
@@ -186,8 +179,78 @@ def _copy_frames(
         mininterval=1.0 if sys.stderr.isatty() else 30.0,
     )
     dest = 0
-    with FileFrameSink(path, total) as sink, bar:
+    with bar:
         for run, index in indexes.items():
-            extract_frames(index, by_run[run], sink, dest_start=dest, on_bytes=bar.update)
+            extract_frames(index, by_run[run], store.write_frames, dest_start=dest, on_bytes=bar.update)
             dest += sum(e.length for e in by_run[run])
         bar.total = bar.n  # files are read only up to their last wanted row
+
+
+# ---------------------------------------------------------------------------- `jowa data subsample`
+
+
+def add_store_arguments(parser: argparse.ArgumentParser) -> None:
+    """The inputs and output of a store-building command; `jowa data finetune-set` shares them."""
+    parser.add_argument(
+        "--game", type=argument_type(Game, "game"), required=True, help="DQN-Replay game name"
+    )
+    parser.add_argument(
+        "--runs",
+        type=argument_type(RunId, "run"),
+        nargs="+",
+        required=True,
+        help="run ids (1 to 5) to draw from",
+    )
+    parser.add_argument(
+        "--replay-dirs",
+        type=Path,
+        nargs="+",
+        required=True,
+        help="each run's replay_logs directory, in --runs order",
+    )
+    parser.add_argument(
+        "--manifests", type=Path, nargs="+", required=True, help="each run's manifest TSV, in --runs order"
+    )
+    parser.add_argument(
+        "--out", type=Path, required=True, help="the store directory to create (replaced if there)"
+    )
+
+
+def store_inputs(args: argparse.Namespace) -> tuple[dict[int, Path], dict[int, Path]]:
+    """{run: replay dir} and {run: manifest} from the command line, checked."""
+    if not len(args.runs) == len(args.replay_dirs) == len(args.manifests):
+        raise MissingInputError(
+            f"--runs, --replay-dirs and --manifests must list the same number of items "
+            f"({len(args.runs)}, {len(args.replay_dirs)}, {len(args.manifests)})"
+        )
+    for path in args.manifests:
+        if not path.is_file():
+            raise MissingInputError(f"{path}: manifest missing; download or generate the run first")
+    return dict(zip(args.runs, args.replay_dirs, strict=True)), dict(
+        zip(args.runs, args.manifests, strict=True)
+    )
+
+
+def log_store(meta: dict[str, Any], out: Path) -> None:
+    log.info("%s: %d transitions in %d episodes", out, meta["transitions"], meta["episodes"])
+
+
+def configure_parser(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--params", required=True, help=params_help(SubsampleParams, "subsample"))
+    add_store_arguments(parser)
+
+
+def main(args: argparse.Namespace) -> None:
+    params = parse_section(args.params, SubsampleParams, "subsample")
+    replay_dirs, manifests = store_inputs(args)
+    meta = build_store(
+        game=args.game,
+        replay_dirs=replay_dirs,
+        manifests=manifests,
+        out=args.out,
+        transitions_per_game=params.transitions_per_game,
+        seed=params.seed,
+        extra_meta={"split": "pretrain"},
+        progress=not args.quiet,
+    )
+    log_store(meta, args.out)

@@ -1,41 +1,43 @@
 """JOWA training losses: world-model cross-entropies, C51 one-step TD and the CQL penalty (spec 4.2-4.3).
 
-Batches are segments of 8 steps: `obs_tokens` (B, 8, 36), `actions` (B, 8) in the full 18-action set,
-`rewards` (B, 8), `ends` (B, 8) terminal flags and `mask_padding` (B, 8), True at real steps. Padded
-steps never contribute. The critic sees the ensemble as one mixture distribution (gotcha 5), bootstraps
-from the frozen target head on the same pass's detached features (gotcha 6), masks the game's invalid
-actions in the target argmax but not in the CQL logsumexp (gotcha 7).
+Both read a `jowa.models.batch.Batch` of segments (B, T steps): observation tokens, actions in the full
+18-action set, rewards, terminal flags, the real-step mask and task ids. Padded steps never contribute.
+The critic sees the ensemble as one mixture distribution (gotcha 5), bootstraps from the frozen target
+head on the same pass's detached features (gotcha 6), masks the game's invalid actions in the target
+argmax but not in the CQL logsumexp (gotcha 7).
 """
 
 from __future__ import annotations
 
-import numpy as np
+from functools import cache
+
 import torch
 import torch.nn.functional as F
 
-from jowa.games import GAMES, action_mask
+from jowa.games import ACTION_MASKS
+from jowa.models.batch import Batch
 from jowa.models.world_action import JOWAOutput, ensemble_probabilities, expected_q
 
 IGNORE = -100
 
 
+@cache
+def _mask_table(device: torch.device) -> torch.Tensor:
+    """The (60, 18) action-mask table on `device`, copied there once."""
+    return torch.tensor(ACTION_MASKS, device=device)
+
+
 def task_action_masks(tasks: torch.Tensor) -> torch.Tensor:
     """(B,) task ids -> (B, 18) valid-action masks of the games GAMES[task], as the reference looks them up.
 
-    Pass the task ids the model sees: for held-out games remapped to a pretraining game's id, that is the
-    other game's mask (spec 1.7).
+    The task ids are those the model sees: for held-out games remapped to a pretraining game's id, that
+    is the other game's mask (spec 1.7).
     """
-    table = torch.from_numpy(np.stack([action_mask(game) for game in GAMES])).to(tasks.device)
-    return table[tasks]
+    return _mask_table(tasks.device)[tasks]
 
 
 def world_model_losses(
-    output: JOWAOutput,
-    obs_tokens: torch.Tensor,
-    rewards: torch.Tensor,
-    ends: torch.Tensor,
-    mask_padding: torch.Tensor,
-    supervised_weight: float = 1.0,
+    output: JOWAOutput, batch: Batch, *, supervised_weight: float
 ) -> dict[str, torch.Tensor]:
     """Next-observation-token, reward-sign and termination cross-entropies, each times `supervised_weight`.
 
@@ -43,10 +45,10 @@ def world_model_losses(
     tokens, so every token but the first is a target; targets in padded steps are ignored. The weight
     is 1 while only the world model trains and 0.1 (0.5 when fine-tuning) once the critic trains.
     """
-    padded = ~mask_padding
-    obs_targets = obs_tokens.long().masked_fill(padded.unsqueeze(-1), IGNORE).flatten(start_dim=1)
-    reward_targets = (rewards.sign().long() + 1).masked_fill(padded, IGNORE)
-    end_targets = ends.long().masked_fill(padded, IGNORE)
+    padded = ~batch.mask
+    obs_targets = batch.obs_tokens.long().masked_fill(padded.unsqueeze(-1), IGNORE).flatten(start_dim=1)
+    reward_targets = (batch.rewards.sign().long() + 1).masked_fill(padded, IGNORE)
+    end_targets = batch.ends.long().masked_fill(padded, IGNORE)
     losses = {
         "loss_obs": _cross_entropy(output.obs_logits[:, :-1], obs_targets[:, 1:]),
         "loss_rewards": _cross_entropy(output.reward_logits, reward_targets),
@@ -76,23 +78,17 @@ def project_distribution(
 
 
 def critic_losses(
-    output: JOWAOutput,
-    actions: torch.Tensor,
-    rewards: torch.Tensor,
-    ends: torch.Tensor,
-    mask_padding: torch.Tensor,
-    action_mask: torch.Tensor,
-    atoms: torch.Tensor,
-    gamma: float = 0.99,
-    cql_weight: float = 0.1,
+    output: JOWAOutput, batch: Batch, *, atoms: torch.Tensor, gamma: float, cql_weight: float
 ) -> dict[str, torch.Tensor]:
     """One-step C51 TD loss on the ensemble-mixture distribution and the CQL penalty.
 
-    action_mask (B, 18) marks each row's valid actions (its game's minimal set, looked up by task id).
-    TD targets exist for real steps followed by a real step in the same row (bootstrap from the next
-    step's Q position through the target head, argmax over valid actions) and for terminal steps
-    (all mass on r); the last real step of a row that was cut without a terminal has none.
+    Each row's valid actions are its game's minimal set, looked up by its task id. TD targets exist for
+    real steps followed by a real step in the same row (bootstrap from the next step's Q position through
+    the target head, argmax over valid actions) and for terminal steps (all mass on r); the last real
+    step of a row that was cut without a terminal has none.
     """
+    actions, rewards, mask_padding = batch.actions, batch.rewards, batch.mask
+    action_mask = task_action_masks(batch.tasks)
     num_actions = action_mask.shape[-1]
     online = ensemble_probabilities(output.q_logits, num_actions)  # (B, S, A, Z)
     taken = online.gather(2, actions[..., None, None].expand(-1, -1, 1, online.shape[-1])).squeeze(2)
@@ -105,7 +101,7 @@ def critic_losses(
         # Step t bootstraps from the target distribution at step t+1. A terminal step gets a uniform
         # placeholder, which its zero discount projects onto r alone; the last step's is never used.
         uniform = torch.full_like(best[:, :1], 1.0 / best.shape[-1])
-        terminal = ends.bool() & mask_padding
+        terminal = batch.ends.bool() & mask_padding
         next_distribution = torch.where(
             terminal.unsqueeze(-1), uniform, torch.cat([best[:, 1:], uniform], dim=1)
         )

@@ -6,7 +6,9 @@ residual branches. Parameter names (`blocks.N.attn.query`, `mlp.0`, `ln_f`, ...)
 layout so that importing released checkpoints is a rename of the heads only.
 
 Attention runs through PyTorch's `scaled_dot_product_attention` by default. The `[flash]` extra installs
-flash-attn; it is used for CUDA fp16/bf16 tensors when the backend is "auto" or "flash". With a KV cache
+flash-attn; it is used for CUDA fp16/bf16 tensors when the backend is "auto" or "flash". The backend is
+chosen when a model is built or loaded, not stored with its architecture: it changes the kernels, not the
+function the weights compute, so a checkpoint trained with one backend runs with any other. With a KV cache
 the new queries sit at the end of the key sequence, so the causal mask must be aligned bottom-right
 (spec gotcha 16): query i of T new tokens after L cached ones sees keys 0..L+i. flash-attn >= 2.1 aligns
 its causal mask that way; the SDPA path builds that mask explicitly.
@@ -48,19 +50,20 @@ class TransformerConfig:
     embed_dim: int
     max_tokens: int
     dropout: float = 0.1
-    attention_backend: AttentionBackend = "auto"
 
     def __post_init__(self) -> None:
         if self.embed_dim % self.num_heads:
             raise ValueError(f"embed_dim {self.embed_dim} is not divisible by num_heads {self.num_heads}")
-        if self.attention_backend not in ("auto", "sdpa", "flash"):
-            raise ValueError(
-                f"attention_backend must be 'auto', 'sdpa' or 'flash', not {self.attention_backend!r}"
-            )
-        if self.attention_backend == "flash" and flash_attn_func is None:
-            raise ValueError(
-                "attention_backend 'flash' needs flash-attn >= 2.1 (pip install 'jowa-repro[flash]')"
-            )
+
+
+def _check_attention_backend(attention: str) -> None:
+    """Reject a backend that is unknown or not installed when the model is built, not at its first step."""
+    if attention not in ("auto", "sdpa", "flash"):
+        raise ValueError(f"attention backend must be 'auto', 'sdpa' or 'flash', not {attention!r}")
+    if attention == "flash" and flash_attn_func is None:
+        raise ValueError(
+            "attention backend 'flash' needs flash-attn >= 2.1 (pip install 'jowa-repro[flash]')"
+        )
 
 
 class LayerKVCache:
@@ -121,10 +124,10 @@ def _causal_mask(queries: int, keys: int, device: torch.device) -> torch.Tensor:
 
 
 class CausalSelfAttention(nn.Module):
-    def __init__(self, config: TransformerConfig) -> None:
+    def __init__(self, config: TransformerConfig, attention: AttentionBackend) -> None:
         super().__init__()
         self.num_heads = config.num_heads
-        self.backend = config.attention_backend
+        self.backend = attention
         self.attn_dropout = config.dropout
         self.query = nn.Linear(config.embed_dim, config.embed_dim)
         self.key = nn.Linear(config.embed_dim, config.embed_dim)
@@ -165,11 +168,11 @@ class CausalSelfAttention(nn.Module):
 class Block(nn.Module):
     """Pre-LN transformer block."""
 
-    def __init__(self, config: TransformerConfig) -> None:
+    def __init__(self, config: TransformerConfig, attention: AttentionBackend) -> None:
         super().__init__()
         width = config.embed_dim
         self.ln1 = nn.LayerNorm(width)
-        self.attn = CausalSelfAttention(config)
+        self.attn = CausalSelfAttention(config, attention)
         self.ln2 = nn.LayerNorm(width)
         self.mlp = nn.Sequential(
             nn.Linear(width, 4 * width), nn.GELU(), nn.Linear(4 * width, width), nn.Dropout(config.dropout)
@@ -181,13 +184,18 @@ class Block(nn.Module):
 
 
 class Transformer(nn.Module):
-    """Embedding dropout, the blocks and the final LayerNorm; embeddings are the caller's business."""
+    """Embedding dropout, the blocks and the final LayerNorm; embeddings are the caller's business.
 
-    def __init__(self, config: TransformerConfig) -> None:
+    `attention` picks the attention kernels ("auto": flash-attn for CUDA fp16/bf16 when installed, else SDPA).
+    """
+
+    def __init__(self, config: TransformerConfig, *, attention: AttentionBackend = "auto") -> None:
         super().__init__()
         self.config = config
+        _check_attention_backend(attention)
+        self.attention = attention
         self.drop = nn.Dropout(config.dropout)
-        self.blocks = nn.ModuleList(Block(config) for _ in range(config.num_layers))
+        self.blocks = nn.ModuleList(Block(config, self.attention) for _ in range(config.num_layers))
         self.ln_f = nn.LayerNorm(config.embed_dim)
 
     def new_kv_cache(self) -> KVCache:

@@ -32,7 +32,7 @@ from jowa.models.transformer import AttentionBackend, KVCache, Transformer, Tran
 
 ARCH_KEYS = ("layers", "heads", "width", "q_hidden", "q_ensemble")
 
-# Spec 3.3; the names are the paper's, which count frozen weights (see jowa.checkpoints.count_parameters).
+# Spec 3.3; the names are the paper's, which count frozen weights (see count_parameters).
 SIZES: dict[str, dict[str, int]] = {
     "40M": {"layers": 4, "heads": 8, "width": 512, "q_hidden": 768, "q_ensemble": 1},
     "70M": {"layers": 6, "heads": 12, "width": 768, "q_hidden": 1024, "q_ensemble": 1},
@@ -60,7 +60,6 @@ class JOWAConfig:
     vmax: float = 30.0
     dropout: float = 0.1
     use_task_embed: bool = True
-    attention_backend: AttentionBackend = "auto"
 
     @classmethod
     def from_arch(cls, arch: str | Mapping[str, Any], **overrides: Any) -> JOWAConfig:
@@ -91,7 +90,6 @@ class JOWAConfig:
             embed_dim=self.width,
             max_tokens=self.max_tokens,
             dropout=self.dropout,
-            attention_backend=self.attention_backend,
         )
 
     def atoms(self, device: torch.device | str | None = None) -> torch.Tensor:
@@ -231,13 +229,17 @@ def expected_q(probabilities: torch.Tensor, atoms: torch.Tensor) -> torch.Tensor
 
 
 class JOWA(nn.Module):
-    """World-action model: `model(tokens, tasks, kv_cache)` -> JOWAOutput."""
+    """World-action model: `model(tokens, tasks, kv_cache)` -> JOWAOutput.
 
-    def __init__(self, config: JOWAConfig) -> None:
+    `attention` picks the attention kernels (see jowa.models.transformer); it is not part of `config`
+    because the weights compute the same function with every backend.
+    """
+
+    def __init__(self, config: JOWAConfig, *, attention: AttentionBackend = "auto") -> None:
         super().__init__()
         self.config = config
         width = config.width
-        self.transformer = Transformer(config.transformer_config())
+        self.transformer = Transformer(config.transformer_config(), attention=attention)
         self.position_embedding = nn.Embedding(config.max_tokens, width)
         self.action_embedding = nn.Embedding(config.num_actions, width)
         self.observation_embedding = nn.Embedding(config.obs_vocab, width)
@@ -317,32 +319,67 @@ class JOWA(nn.Module):
         )
 
     def configure_optimizers(
-        self, world_lr: float, critic_lr: float, weight_decay: float = 0.01
+        self, *, world_lr: float, critic_lr: float, weight_decay: float
     ) -> torch.optim.AdamW:
-        """AdamW with the reference's three groups (spec 4.5, gotcha 17).
+        """AdamW with the reference's three groups (spec 4.5, gotcha 17), over trainable tensors only.
 
         (i) Linear weights: decayed, world lr; (ii) biases, LayerNorm and embedding weights: not decayed,
-        world lr; (iii) the whole Q head, biases and norms included: decayed, critic lr.
+        world lr; (iii) the whole Q head, biases and norms included: decayed, critic lr. Frozen tensors are
+        left out and so is a group left empty: with `q_head.requires_grad_(False)` (stage 1, world-model
+        losses only) there is no critic group, and DDP needs no `find_unused_parameters`.
         """
         decay, no_decay = [], []
         for module_name, module in self.named_modules():
             if module_name.startswith(("q_head", "q_target_head")):
                 continue
             for name, parameter in module.named_parameters(recurse=False):
-                is_linear_weight = isinstance(module, nn.Linear) and name == "weight"
-                (decay if is_linear_weight else no_decay).append(parameter)
+                if parameter.requires_grad:
+                    is_linear_weight = isinstance(module, nn.Linear) and name == "weight"
+                    (decay if is_linear_weight else no_decay).append(parameter)
+        critic = [parameter for parameter in self.q_head.parameters() if parameter.requires_grad]
         groups = [
             {"name": "world_decay", "params": decay, "lr": world_lr, "weight_decay": weight_decay},
             {"name": "world_no_decay", "params": no_decay, "lr": world_lr, "weight_decay": 0.0},
-            {
-                "name": "critic",
-                "params": [*self.q_head.parameters()],
-                "lr": critic_lr,
-                "weight_decay": weight_decay,
-            },
+            {"name": "critic", "params": critic, "lr": critic_lr, "weight_decay": weight_decay},
         ]
-        grouped = sum(len(group["params"]) for group in groups)
-        trainable = sum(1 for parameter in self.parameters() if parameter.requires_grad)
-        if grouped != trainable:
-            raise RuntimeError(f"optimizer groups hold {grouped} tensors but the model trains {trainable}")
+        groups = [group for group in groups if group["params"]]
+        grouped = [id(parameter) for group in groups for parameter in group["params"]]
+        trainable = {id(parameter) for parameter in self.parameters() if parameter.requires_grad}
+        if len(grouped) != len(set(grouped)) or set(grouped) != trainable:
+            raise RuntimeError(
+                f"optimizer groups hold {len(grouped)} tensors ({len(set(grouped))} distinct) but the model "
+                f"trains {len(trainable)}, {len(trainable - set(grouped))} of them in no group"
+            )
         return torch.optim.AdamW(groups)
+
+
+# Spec 2.8: the reference tokenizer module, which registers the frozen LPIPS VGG16, and its trainable part.
+REFERENCE_TOKENIZER_PARAMETERS = 18_763_649
+TOKENIZER_TRAINABLE_PARAMETERS = 4_047_489
+
+
+def count_parameters(model: JOWA, tokenizer: nn.Module | None = None) -> dict[str, int]:
+    """Parameter counts in the reference's naming convention and of what actually trains (spec 3.5).
+
+    The paper's size names count every registered parameter: the JOWA module with its frozen target Q
+    copy plus the tokenizer module with its frozen LPIPS VGG16. Without `tokenizer` the reference
+    tokenizer's counts (spec 2.8) are used.
+    """
+
+    def count(module: nn.Module, trainable: bool = False) -> int:
+        return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable)
+
+    jowa_total, jowa_trainable = count(model), count(model, trainable=True)
+    if tokenizer is None:
+        tokenizer_total, tokenizer_trainable = REFERENCE_TOKENIZER_PARAMETERS, TOKENIZER_TRAINABLE_PARAMETERS
+    else:
+        tokenizer_total, tokenizer_trainable = count(tokenizer), count(tokenizer, trainable=True)
+    return {
+        "jowa_module": jowa_total,
+        "jowa_trainable": jowa_trainable,
+        "q_head": count(model.q_head),
+        "tokenizer_module": tokenizer_total,
+        "tokenizer_trainable": tokenizer_trainable,
+        "reference_name": jowa_total + tokenizer_total,
+        "trainable_total": jowa_trainable + tokenizer_trainable,
+    }

@@ -1,7 +1,13 @@
-# Shared helpers: validated params, paths, run picks, code inputs.
-from pathlib import Path
-
-from jowa.config import GENERATE, check_params
+# Shared helpers: the one params file, the workflow's file layout, run picks, sections and code inputs.
+#
+# How a parameter reaches the code: params.yaml (or the one --configfile given instead) is read and
+# validated here into typed sections (jowa.config); a rule puts the section its command needs into
+# `params:` as one JSON string, so Snakemake's params trigger sees every value; the command turns that
+# argument back into the same typed section (`jowa.config.parse_section`) and hands its values, under
+# the same key names, to the library, which repeats no default.
+from jowa.code_inputs import code_inputs
+from jowa.config import load_params, section_json
+from jowa.data.dopamine_format import run_path
 from jowa.data.subsample import pick_runs
 
 if workflow.config_settings.config:
@@ -9,9 +15,21 @@ if workflow.config_settings.config:
         "--config overrides bypass params.yaml and DVC: edit params.yaml or pass a complete --configfile"
     )
 
-PARAMS = check_params(config, origin=", ".join(str(f) for f in workflow.configfiles) or "params.yaml")
-PRETRAIN = list(PARAMS.pretrain_games)
-FINETUNE = list(PARAMS.finetune_games)
+
+def params_file():
+    """The one params file: params.yaml, or the file given with --configfile, whole and never merged."""
+    given = workflow.config_settings.configfiles
+    if len(given) > 1:
+        raise ValueError(
+            f"give one complete params file, not {len(given)} (--configfile {' '.join(map(str, given))}); "
+            "Snakemake would merge them key by key"
+        )
+    return given[0] if given else "params.yaml"
+
+
+PARAMS = load_params(params_file())
+PRETRAIN = list(PARAMS.games.pretrain)
+FINETUNE = list(PARAMS.games.finetune)
 RUNS = list(PARAMS.data.runs)
 QUALITIES = list(PARAMS.finetune_data.qualities)
 
@@ -30,25 +48,16 @@ wildcard_constraints:
     quality="|".join(QUALITIES),
 
 
-def code_files(*packages):
-    """The package code a rule runs, as inputs: Snakemake reruns a job when that code changes."""
-    files = ["jowa/__init__.py", "jowa/cli.py", "jowa/config.py", "jowa/games.py"]
-    for package in packages:
-        files += sorted(str(p) for p in Path("jowa", package).glob("*.py"))
-    return files
-
-
 def replay_dir(game, run):
-    return f"{REPLAY_ROOT}/{game}/{run}/replay_logs"
+    return f"{REPLAY_ROOT}/{run_path(game, run)}"
 
 
 def manifest(game, run):
     return f"{MANIFEST_ROOT}/{game}/{run}.tsv"
 
 
-def cfg(*keys, drop=()):
-    """A config subtree with sorted keys, for `params:`: reordering params.yaml must not rerun jobs."""
-    node = config
-    for key in keys:
-        node = node[key]
-    return {k: node[k] for k in sorted(node) if k not in drop}
+def quality_section(wildcards):
+    """finetune_data with only this job's quality: editing another quality's window reruns nothing here."""
+    section = PARAMS.finetune_data
+    only = {wildcards.quality: section.qualities[wildcards.quality]}
+    return section_json(section.model_copy(update={"qualities": only}))

@@ -1,38 +1,34 @@
 # Data phase: DQN-Replay runs (downloaded or generated) -> per-game training stores.
+#
+# Raw runs have no code inputs and are protected: no code change ever deletes and re-fetches them (at
+# paper scale, ~1 TB). To make them again, delete them.
 
 if PARAMS.data.generated:
 
     rule generate:
         """Play the game with ale-py (random policy, sticky actions) and write a run in the DQN-Replay layout."""
-        input:
-            code=code_files("data"),
         output:
-            replay=directory(replay_dir("{game}", "{run}")),
-            manifest=manifest("{game}", "{run}"),
+            replay=protected(directory(replay_dir("{game}", "{run}"))),
+            manifest=protected(manifest("{game}", "{run}")),
         params:
-            generate=cfg("data", "generate"),
+            generate=section_json(PARAMS.data.generate),
         log:
             "logs/data/generate/{game}_{run}.log",
         benchmark:
             "logs/benchmarks/data/generate/{game}_{run}.tsv"
         shell:
-            "jowa data generate --game {wildcards.game} --run {wildcards.run} --out {output.replay:q}"
-            " --manifest {output.manifest:q} --steps {params.generate[steps_per_run]}"
-            " --capacity {params.generate[capacity]} --sticky-actions {params.generate[sticky_actions]}"
-            " --max-episode-steps {params.generate[max_episode_steps]} --seed {params.generate[seed]}"
-            " 2> {log:q}"
+            "jowa data generate --params {params.generate:q} --game {wildcards.game} --run {wildcards.run}"
+            " --out {output.replay:q} --manifest {output.manifest:q} 2> {log:q}"
 
 else:
 
     rule download:
         """Copy one run with gsutil (resumable) from the bucket or a local mirror; write its manifest."""
-        input:
-            code=code_files("data"),
         output:
-            replay=directory(replay_dir("{game}", "{run}")),
-            manifest=manifest("{game}", "{run}"),
+            replay=protected(directory(replay_dir("{game}", "{run}"))),
+            manifest=protected(manifest("{game}", "{run}")),
         params:
-            source=config["data"]["source"],
+            source=PARAMS.data.source,
         threads: 4
         log:
             "logs/data/download/{game}_{run}.log",
@@ -48,22 +44,19 @@ rule subsample:
     input:
         replay=lambda wc: [ancient(replay_dir(wc.game, r)) for r in PRETRAIN_RUNS[wc.game]],
         manifests=lambda wc: [manifest(wc.game, r) for r in PRETRAIN_RUNS[wc.game]],
-        code=code_files("data"),
+        code=code_inputs("jowa.data.subsample"),
     output:
         directory("results/data/pretrain/{game}"),
     params:
-        runs=lambda wc: " ".join(map(str, PRETRAIN_RUNS[wc.game])),
-        subsample=cfg("subsample"),
+        runs=lambda wc: PRETRAIN_RUNS[wc.game],
+        subsample=section_json(PARAMS.subsample),
     log:
         "logs/data/subsample/{game}.log",
     benchmark:
         "logs/benchmarks/data/subsample/{game}.tsv"
     shell:
-        "jowa data subsample --game {wildcards.game} --runs {params.runs} --replay-root {REPLAY_ROOT:q}"
-        " --manifest-root {MANIFEST_ROOT:q} --out {output:q}"
-        " --transitions {params.subsample[transitions_per_game]} --seed {params.subsample[seed]}"
-        " --segment-length {params.subsample[segment_length]}"
-        " --segment-stride {params.subsample[segment_stride]} 2> {log:q}"
+        "jowa data subsample --params {params.subsample:q} --game {wildcards.game} --runs {params.runs}"
+        " --replay-dirs {input.replay:q} --manifests {input.manifests:q} --out {output:q} 2> {log:q}"
 
 
 rule finetune_set:
@@ -71,23 +64,20 @@ rule finetune_set:
     input:
         replay=lambda wc: [ancient(replay_dir(wc.game, r)) for r in FINETUNE_RUNS[wc.game]],
         manifests=lambda wc: [manifest(wc.game, r) for r in FINETUNE_RUNS[wc.game]],
-        code=code_files("data"),
+        code=code_inputs("jowa.data.finetune_set"),
     output:
         directory("results/data/finetune/{quality}/{game}"),
     params:
-        runs=lambda wc: " ".join(map(str, FINETUNE_RUNS[wc.game])),
-        window=lambda wc: " ".join(map(str, config["finetune_data"]["qualities"][wc.quality])),
-        finetune=cfg("finetune_data", drop=("qualities",)),
+        runs=lambda wc: FINETUNE_RUNS[wc.game],
+        finetune_data=quality_section,
     log:
         "logs/data/finetune_set/{quality}_{game}.log",
     benchmark:
         "logs/benchmarks/data/finetune_set/{quality}_{game}.tsv"
     shell:
-        "jowa data finetune-set --game {wildcards.game} --quality {wildcards.quality} --window {params.window}"
-        " --runs {params.runs} --replay-root {REPLAY_ROOT:q} --manifest-root {MANIFEST_ROOT:q} --out {output:q}"
-        " --transitions {params.finetune[transitions]} --seed {params.finetune[seed]}"
-        " --segment-length {params.finetune[segment_length]}"
-        " --segment-stride {params.finetune[segment_stride]} 2> {log:q}"
+        "jowa data finetune-set --params {params.finetune_data:q} --quality {wildcards.quality}"
+        " --game {wildcards.game} --runs {params.runs} --replay-dirs {input.replay:q}"
+        " --manifests {input.manifests:q} --out {output:q} 2> {log:q}"
 
 
 rule data_all:

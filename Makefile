@@ -1,0 +1,27 @@
+# A first run in two commands (see README.md); both make .venv and install everything on first use.
+#   make run     the local pipeline: generated data, tiny settings, a few minutes on a CPU
+#   make test    lint and the whole test suite (what CI runs)
+# PyTorch: `pip install torch==2.13.0` takes a CUDA build on a normal Linux machine (several GB). On a
+# machine without a GPU, take the CPU build: make run TORCH_INDEX=https://download.pytorch.org/whl/cpu
+PYTHON ?= python3
+VENV ?= .venv
+TORCH ?= torch==2.13.0
+TORCH_INDEX ?=
+BIN := $(abspath $(VENV))/bin
+export PATH := $(BIN):$(PATH)
+
+.PHONY: run test
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet "$(TORCH)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
+	$(BIN)/python -m pip install --quiet -e ".[workflow,dev]"
+	touch $@
+
+run: $(VENV)/.installed
+	snakemake --cores all --configfile config/smoke.yaml
+
+test: $(VENV)/.installed
+	ruff check .
+	ruff format --check .
+	python -m pytest -q

@@ -1,0 +1,1 @@
+"""Evaluation in the Arcade Learning Environment."""
