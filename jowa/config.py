@@ -11,6 +11,7 @@ Every message names the file or argument and the key path.
 
 from __future__ import annotations
 
+import argparse
 import difflib
 import json
 from collections.abc import Callable
@@ -249,13 +250,12 @@ def params_help(model: type[Section], path: str) -> str:
 
 def argument_type(annotated: Any, what: str) -> Callable[[str], Any]:
     """An argparse `type=` that validates one value with the same type params.yaml uses."""
-    import argparse
-
     adapter = TypeAdapter(annotated)
 
     def convert(text: str) -> Any:
         try:
-            return adapter.validate_json(text if text[:1] in "-0123456789" else json.dumps(text))
+            number = text[:1].isdigit() or text[:1] == "-"
+            return adapter.validate_json(text if number else json.dumps(text))
         except ValidationError as exc:
             message = "; ".join(_describe(error, BaseModel) for error in exc.errors())
             raise argparse.ArgumentTypeError(f"{what} {text!r}: {message}") from None
@@ -271,12 +271,12 @@ def json_schema() -> dict[str, Any]:
 # ------------------------------------------------------------------------ `jowa check-params`
 
 
-def configure_parser(parser: Any) -> None:
+def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("path", nargs="?", default="params.yaml", help="a params file (default: params.yaml)")
     parser.add_argument("--schema", action="store_true", help="print the JSON schema of params files instead")
 
 
-def main(args: Any) -> None:
+def main(args: argparse.Namespace) -> None:
     if args.schema:
         print(json.dumps(json_schema(), indent=2))
         return

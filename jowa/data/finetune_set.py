@@ -16,7 +16,7 @@ from jowa.config import (
     params_help,
     parse_section,
 )
-from jowa.data.subsample import add_store_arguments, build_store, log_store, store_inputs
+from jowa.data.subsample import add_store_arguments, build_store_from_args
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
@@ -36,16 +36,10 @@ def main(args: argparse.Namespace) -> None:
         raise ParamsError(
             f"--quality {args.quality!r}: finetune_data.qualities has only {', '.join(params.qualities)}"
         )
-    replay_dirs, manifests = store_inputs(args)
-    meta = build_store(
-        game=args.game,
-        replay_dirs=replay_dirs,
-        manifests=manifests,
-        out=args.out,
+    build_store_from_args(
+        args,
         transitions_per_game=params.transitions_per_game,
         seed=params.seed,
         window=params.qualities[args.quality],
         extra_meta={"split": "finetune", "quality": args.quality},
-        progress=not args.quiet,
     )
-    log_store(meta, args.out)

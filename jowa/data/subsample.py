@@ -216,8 +216,15 @@ def add_store_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def store_inputs(args: argparse.Namespace) -> tuple[dict[int, Path], dict[int, Path]]:
-    """{run: replay dir} and {run: manifest} from the command line, checked."""
+def build_store_from_args(
+    args: argparse.Namespace,
+    *,
+    transitions_per_game: int,
+    seed: int,
+    window: tuple[float, float] = (0.0, 1.0),
+    extra_meta: dict[str, Any],
+) -> None:
+    """`build_store` from the arguments of `add_store_arguments`, checked; logs what was stored."""
     if not len(args.runs) == len(args.replay_dirs) == len(args.manifests):
         raise MissingInputError(
             f"--runs, --replay-dirs and --manifests must list the same number of items "
@@ -226,13 +233,18 @@ def store_inputs(args: argparse.Namespace) -> tuple[dict[int, Path], dict[int, P
     for path in args.manifests:
         if not path.is_file():
             raise MissingInputError(f"{path}: manifest missing; download or generate the run first")
-    return dict(zip(args.runs, args.replay_dirs, strict=True)), dict(
-        zip(args.runs, args.manifests, strict=True)
+    meta = build_store(
+        game=args.game,
+        replay_dirs=dict(zip(args.runs, args.replay_dirs, strict=True)),
+        manifests=dict(zip(args.runs, args.manifests, strict=True)),
+        out=args.out,
+        transitions_per_game=transitions_per_game,
+        seed=seed,
+        window=window,
+        extra_meta=extra_meta,
+        progress=not args.quiet,
     )
-
-
-def log_store(meta: dict[str, Any], out: Path) -> None:
-    log.info("%s: %d transitions in %d episodes", out, meta["transitions"], meta["episodes"])
+    log.info("%s: %d transitions in %d episodes", args.out, meta["transitions"], meta["episodes"])
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
@@ -242,15 +254,9 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> None:
     params = parse_section(args.params, SubsampleParams, "subsample")
-    replay_dirs, manifests = store_inputs(args)
-    meta = build_store(
-        game=args.game,
-        replay_dirs=replay_dirs,
-        manifests=manifests,
-        out=args.out,
+    build_store_from_args(
+        args,
         transitions_per_game=params.transitions_per_game,
         seed=params.seed,
         extra_meta={"split": "pretrain"},
-        progress=not args.quiet,
     )
-    log_store(meta, args.out)
