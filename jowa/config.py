@@ -263,6 +263,16 @@ def argument_type(annotated: Any, what: str) -> Callable[[str], Any]:
     return convert
 
 
+def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    """The arguments naming one raw run and its two outputs, shared by `data download` and `data generate`."""
+    parser.add_argument(
+        "--game", type=argument_type(Game, "game"), required=True, help="DQN-Replay game name"
+    )
+    parser.add_argument("--run", type=argument_type(RunId, "run"), required=True, help="run id, 1 to 5")
+    parser.add_argument("--out", type=Path, required=True, help="the run's replay_logs directory to create")
+    parser.add_argument("--manifest", type=Path, required=True, help="the manifest TSV to write")
+
+
 def json_schema() -> dict[str, Any]:
     """The JSON schema of a params file, for editors and `jowa check-params --schema`."""
     return {"$schema": "https://json-schema.org/draft/2020-12/schema", **Params.model_json_schema()}

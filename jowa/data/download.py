@@ -21,7 +21,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from jowa.config import Game, RunId, Source, argument_type
+from jowa.config import Source, add_run_arguments, argument_type
 from jowa.data import gsutil
 from jowa.data.dopamine_format import ReplayFormatError, parse_checkpoint_filename, run_path
 from jowa.data.manifest import file_sizes, manifest_rows, read_manifest, write_manifest_rows
@@ -307,12 +307,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         required=True,
         help="data.source of params.yaml: a gs:// URL prefix or a local mirror directory (or file:// URL)",
     )
-    parser.add_argument(
-        "--game", type=argument_type(Game, "game"), required=True, help="DQN-Replay game name"
-    )
-    parser.add_argument("--run", type=argument_type(RunId, "run"), required=True, help="run id, 1 to 5")
-    parser.add_argument("--out", type=Path, required=True, help="the run's replay_logs directory to create")
-    parser.add_argument("--manifest", type=Path, required=True, help="the manifest TSV to write")
+    add_run_arguments(parser)
 
 
 def main(args: argparse.Namespace) -> None:

@@ -24,7 +24,7 @@ import numpy as np
 
 from jowa import games
 from jowa.atomic import atomic_dir
-from jowa.config import Game, GenerateParams, RunId, argument_type, params_help, parse_section
+from jowa.config import GenerateParams, add_run_arguments, params_help, parse_section
 from jowa.data.dopamine_format import (
     FILES_PER_SUFFIX,
     STACK_SIZE,
@@ -256,12 +256,7 @@ def _play_steps(
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--params", required=True, help=params_help(GenerateParams, "data.generate"))
-    parser.add_argument(
-        "--game", type=argument_type(Game, "game"), required=True, help="DQN-Replay game name"
-    )
-    parser.add_argument("--run", type=argument_type(RunId, "run"), required=True, help="run id, 1 to 5")
-    parser.add_argument("--out", type=Path, required=True, help="the run's replay_logs directory to create")
-    parser.add_argument("--manifest", type=Path, required=True, help="the manifest TSV to write")
+    add_run_arguments(parser)
 
 
 def main(args: argparse.Namespace) -> None:
