@@ -9,9 +9,11 @@ min_version("9.27")
 
 include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
+include: "workflow/rules/train.smk"
 
 
 rule all:
     default_target: True
     input:
         rules.data_all.input,
+        rules.train_all.input,

@@ -176,7 +176,9 @@ def time_training_steps(model: JOWA, data: dict[str, torch.Tensor], warmup: int,
     """Median seconds per bf16 training step and peak memory (GPU only)."""
     device = data["tokens"].device
     model.train()
-    optimizer = model.configure_optimizers(world_lr=5e-5, critic_lr=5e-5, weight_decay=0.01)
+    optimizer = model.configure_optimizers(
+        world_lr=5e-5, critic_lr=5e-5, weight_decay=0.01, betas=(0.9, 0.999), eps=1e-8
+    )
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     durations = []

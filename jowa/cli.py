@@ -24,6 +24,13 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "data generate": ("jowa.data.generate", "play a game with ale-py and write a run in DQN-Replay's layout"),
     "data subsample": ("jowa.data.subsample", "whole episodes of a pretraining game into a training store"),
     "data finetune-set": ("jowa.data.finetune_set", "a held-out game's training store of one data quality"),
+    "train-tokenizer": (
+        "jowa.train.train_tokenizer",
+        "train the VQ tokenizer on frames of every pretraining store",
+    ),
+    "tokenize": ("jowa.train.tokenize", "encode every frame of a store into a token array beside it"),
+    "pretrain": ("jowa.train.pretrain", "two-stage pretraining of one JOWA size on the token stores"),
+    "finetune": ("jowa.train.finetune", "fine-tune a pretrained JOWA on one held-out game's set"),
     "checkpoint import-reference": (
         "jowa.import_reference",
         "convert a reference-layout JOWA or tokenizer state dict to our safetensors format",

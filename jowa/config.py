@@ -20,49 +20,21 @@ from typing import Annotated, Any, TypeVar
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
-from jowa import games
-from jowa.errors import JowaError
-
-GENERATE = "generate"
-
-
-class ParamsError(JowaError, ValueError):
-    """params.yaml (or a file or argument in its place) has a wrong key, type or value."""
-
-
-def unique(items: tuple) -> tuple:
-    duplicates = sorted({str(item) for item in items if items.count(item) > 1})
-    if duplicates:
-        raise ValueError(f"listed more than once: {', '.join(duplicates)}")
-    return items
-
-
-def _window(window: tuple[float, float]) -> tuple[float, float]:
-    if not window[0] < window[1]:
-        raise ValueError(f"window {list(window)} is empty; expected start < end")
-    return window
-
-
-def _source(source: str) -> str:
-    if source == GENERATE or source.startswith(("gs://", "file://")) or "://" not in source:
-        return source
-    raise ValueError(f"{source!r}: expected a gs:// URL, a local directory or 'generate'")
-
-
-UNIQUE = {"uniqueItems": True}
-Game = Annotated[str, AfterValidator(games.check_game)]
-RunId = Annotated[int, Field(ge=1, le=5)]
-Seed = Annotated[int, Field(ge=0)]
-Fraction = Annotated[float, Field(ge=0, le=1)]
-Window = Annotated[tuple[Fraction, Fraction], AfterValidator(_window)]
-Source = Annotated[str, Field(min_length=1), AfterValidator(_source)]
-QualityName = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]*$")]
-
-
-class Section(BaseModel):
-    """A params.yaml section: unknown keys are errors, values are checked strictly and never change."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, use_attribute_docstrings=True)
+from jowa.params_base import (
+    GENERATE,
+    UNIQUE,
+    Fraction,
+    Game,
+    ParamsError,
+    QualityName,
+    RunId,
+    Section,
+    Seed,
+    Source,
+    Window,
+    unique,
+)
+from jowa.train.params import FinetuneParams, ModelArch, ModelName, PretrainParams, TokenizerParams
 
 
 class GamesParams(Section):
@@ -130,6 +102,11 @@ class Params(Section):
     data: DataParams
     subsample: SubsampleParams
     finetune_data: FinetuneDataParams
+    tokenizer: TokenizerParams
+    models: Annotated[dict[ModelName, ModelArch], Field(min_length=1)]
+    """model name -> architecture; each is pretrained (paper: the 40M, 70M and 150M presets, spec 3.3)"""
+    pretrain: PretrainParams
+    finetune: FinetuneParams
 
 
 S = TypeVar("S", bound=Section)
@@ -184,6 +161,16 @@ def _cross_section_errors(params: Params) -> list[str]:
         asked, listed = getattr(params, name).runs_per_game, len(params.data.runs)
         if asked > listed:
             errors.append(f"{name}.runs_per_game: {asked} runs asked for, but data.runs lists only {listed}")
+    pretrain = params.pretrain
+    if pretrain.critic_after > pretrain.steps:
+        errors.append(
+            f"pretrain.critic_after: {pretrain.critic_after} is after the last step {pretrain.steps}"
+        )
+    if not pretrain.vmin < pretrain.vmax:
+        errors.append(f"pretrain: vmin {pretrain.vmin} must be below vmax {pretrain.vmax}")
+    for arch_name, arch in params.models.items():
+        if arch.width % arch.heads:
+            errors.append(f"models.{arch_name}: width {arch.width} is not divisible by heads {arch.heads}")
     return errors
 
 
@@ -229,7 +216,7 @@ def section_json(section: Section) -> str:
 
 
 def parse_section(argument: str, model: type[S], path: str) -> S:
-    """The section `path` (e.g. "data.generate") from a JSON object, or from a whole params file."""
+    """The section `path` (e.g. "data.generate", "models.40M") from a JSON object, or a whole params file."""
     if argument.lstrip().startswith("{"):
         try:
             raw = json.loads(argument)
@@ -238,7 +225,11 @@ def parse_section(argument: str, model: type[S], path: str) -> S:
         return _validate(model, raw, f"--params ({path} section)", tuple(path.split(".")))
     section: Any = load_params(argument)
     for key in path.split("."):
-        section = getattr(section, key)
+        if isinstance(section, dict) and key not in section:
+            raise ParamsError(
+                f"{argument}: {path} not found; {path.rsplit('.', 1)[0]} has {', '.join(section)}"
+            )
+        section = section[key] if isinstance(section, dict) else getattr(section, key)
     return section
 
 

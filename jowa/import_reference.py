@@ -13,9 +13,10 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from jowa import checkpoints
+from jowa import checkpoints, tokenizer_checkpoints
 from jowa.models.tokenizer import TokenizerConfig
 from jowa.models.world_action import SIZES, JOWAConfig, count_parameters
+from jowa.state_files import CheckpointError, load_state_file
 
 log = logging.getLogger(__name__)
 
@@ -67,12 +68,12 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> None:
-    state = checkpoints.load_state_file(args.input)
+    state = load_state_file(args.input)
     meta = {"imported_from": str(args.input)}
     try:
         if args.kind == "tokenizer":
-            checkpoints.save_tokenizer(
-                args.out, checkpoints.tokenizer_from_reference(state, args.tokenizer_config), meta
+            tokenizer_checkpoints.save_tokenizer(
+                args.out, tokenizer_checkpoints.tokenizer_from_reference(state, args.tokenizer_config), meta
             )
         else:
             model = checkpoints.from_reference(state, args.arch)
@@ -84,6 +85,6 @@ def main(args: argparse.Namespace) -> None:
                 counts["jowa_module"],
                 counts["jowa_trainable"],
             )
-    except checkpoints.CheckpointError as exc:
-        raise checkpoints.CheckpointError(f"{args.input}: {exc}") from None
+    except CheckpointError as exc:
+        raise CheckpointError(f"{args.input}: {exc}") from None
     log.info("wrote %s", args.out)

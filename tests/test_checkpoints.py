@@ -13,20 +13,14 @@ import torch
 from torch import nn
 
 from jowa import checkpoints
-from jowa.checkpoints import (
-    CheckpointError,
-    load_model,
-    load_state_file,
-    load_tokenizer,
-    read_metadata,
-    save_model,
-    save_tokenizer,
-)
+from jowa.checkpoints import load_model, read_model_metadata, save_model
 from jowa.errors import JowaError, MissingInputError
 from jowa.models.lpips import LPIPS
 from jowa.models.tokenizer import Tokenizer, TokenizerConfig
 from jowa.models.transformer import flash_attn_func
 from jowa.models.world_action import JOWA, JOWAConfig, count_parameters
+from jowa.state_files import CheckpointError, load_state_file
+from jowa.tokenizer_checkpoints import load_tokenizer, save_tokenizer
 
 TINY = JOWAConfig.from_arch({"layers": 2, "heads": 2, "width": 32, "q_hidden": 16, "q_ensemble": 2})
 
@@ -72,7 +66,7 @@ def test_metadata_is_plain_json_in_the_header(tmp_path: Path, trained_model: JOW
     assert header["format"] == checkpoints.FORMAT
     assert json.loads(header["jowa_config"])["q_hidden"] == 16
     assert json.loads(header["jowa_meta"]) == {"git": "abc123", "losses": {"loss_obs": 7.6}}
-    info = read_metadata(path)
+    info = read_model_metadata(path)
     assert info["config"] == json.loads(header["jowa_config"])
     assert info["meta"]["losses"] == {"loss_obs": 7.6}
 
@@ -85,7 +79,7 @@ def test_a_foreign_safetensors_file_is_rejected(tmp_path: Path) -> None:
     with pytest.raises(CheckpointError, match=f"{path}: not a JOWA checkpoint"):
         load_model(path)
     with pytest.raises(CheckpointError, match="not a JOWA checkpoint"):
-        read_metadata(path)
+        read_model_metadata(path)
 
 
 def test_count_parameters_with_our_own_tokenizer() -> None:
@@ -106,7 +100,7 @@ def test_the_attention_backend_is_chosen_at_load_time(tmp_path: Path, saved_with
     model = JOWA(TINY, attention=saved_with)
     path = tmp_path / "model.safetensors"
     save_model(path, model, model.config)
-    assert "attention" not in json.dumps(read_metadata(path))
+    assert "attention" not in json.dumps(read_model_metadata(path))
     reference = JOWA(TINY, attention="sdpa").eval()  # SDPA runs everywhere, flash-attn only on CUDA
     reference.load_state_dict(model.state_dict())
     tokens, tasks = torch.randint(0, 18, (2, 80)), torch.tensor([3, 37])
@@ -136,13 +130,13 @@ def _rewrite_header(path: Path, **entries: str) -> None:
 def test_a_checkpoint_whose_config_does_not_build_is_rejected(tmp_path: Path, trained_model: JOWA) -> None:
     path = tmp_path / "model.safetensors"
     save_model(path, trained_model, TINY)
-    config = read_metadata(path)["config"]
+    config = read_model_metadata(path)["config"]
     _rewrite_header(path, jowa_config=json.dumps({**config, "attention_backend": "sdpa"}))
     with pytest.raises(CheckpointError, match=f"{path}: bad JOWA config .*attention_backend"):
         load_model(path)
     _rewrite_header(path, jowa_config="{not json")
     with pytest.raises(CheckpointError, match="jowa_config or jowa_meta absent or not JSON"):
-        read_metadata(path)
+        read_model_metadata(path)
 
 
 def test_a_checkpoint_whose_tensors_do_not_fit_its_config_lists_them(tmp_path: Path) -> None:
@@ -248,7 +242,7 @@ def test_a_file_without_a_state_dict_is_rejected(tmp_path: Path) -> None:
 
 
 def test_a_missing_file_is_a_missing_input(tmp_path: Path) -> None:
-    for call in (load_state_file, read_metadata, load_model, load_tokenizer):
+    for call in (load_state_file, read_model_metadata, load_model, load_tokenizer):
         with pytest.raises(MissingInputError, match=str(tmp_path / "absent.pt")):
             call(tmp_path / "absent.pt")
 
@@ -258,4 +252,4 @@ def test_read_metadata_of_a_non_safetensors_file(tmp_path: Path, state: dict[str
     with pytest.raises(
         CheckpointError, match="not a readable .safetensors file .*expected a JOWA checkpoint"
     ):
-        read_metadata(tmp_path / "model.safetensors")
+        read_model_metadata(tmp_path / "model.safetensors")

@@ -117,7 +117,8 @@ def test_import_reference_world_and_tokenizer(tmp_path: Path) -> None:
     import numpy as np
     import torch
 
-    from jowa.checkpoints import load_model, load_tokenizer
+    from jowa.checkpoints import load_model
+    from jowa.tokenizer_checkpoints import load_tokenizer
 
     spec = json.loads((FIXTURE / "tiny_fixture.json").read_text())
     arch = {"layers": 2, "heads": 2, "width": 64, "q_hidden": 32, "q_ensemble": 2}

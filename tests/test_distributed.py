@@ -78,7 +78,9 @@ SCRIPT = textwrap.dedent(
         if freeze_q:
             model.q_head.requires_grad_(False)
         ddp = DistributedDataParallel(model)  # deliberately without find_unused_parameters
-        optimizer = model.configure_optimizers(world_lr=1e-3, critic_lr=1e-3, weight_decay=0.01)
+        optimizer = model.configure_optimizers(
+            world_lr=1e-3, critic_lr=1e-3, weight_decay=0.01, betas=(0.9, 0.999), eps=1e-8
+        )
         trainable = [parameter for parameter in model.parameters() if parameter.requires_grad]
         start, q_start = checksum(trainable), checksum(model.q_head.parameters())
         generator = torch.Generator().manual_seed(1000 + rank)

@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from jowa.checkpoints import CheckpointError, load_lpips, tokenizer_from_reference
 from jowa.models.lpips import LPIPS
 from jowa.models.tokenizer import PerceptualWeightsUnavailable, Tokenizer, TokenizerConfig
+from jowa.state_files import CheckpointError
+from jowa.tokenizer_checkpoints import load_lpips, tokenizer_from_reference
 
 REFERENCE = Path(__file__).resolve().parent / "reference"
 FIXTURE = REFERENCE / "tiny_fixture"
@@ -288,7 +289,9 @@ def test_lpips_weights_from_file_and_from_reference_checkpoint(tmp_path: Path, l
     torch.save({f"lpips.{k}": v for k, v in source.state_dict().items()}, path)
     model = Tokenizer(TINY, perceptual=load_lpips(path))
     model.train()
-    assert model.lpips is not None and not model.lpips.training  # frozen metric stays in eval mode
+    assert model.lpips is not None and model.lpips.training  # its dropout is on while training (gotcha 24)
+    assert not any(p.requires_grad for p in model.lpips.parameters())
+    model.eval()  # deterministic for the comparison below
     frames = torch.rand(1, 1, 84, 84)
     losses = model.compute_loss(frames)
     x = model.preprocess(frames)

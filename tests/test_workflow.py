@@ -13,13 +13,15 @@ from pathlib import Path
 import pytest
 import yaml
 
+from jowa.checkpoints import load_model
 from jowa.cli import COMMANDS
 from jowa.code_inputs import code_inputs
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKFLOW_FILES = ("Snakefile", "params.yaml", "workflow", "config", "profiles")
 RAW_RULES = {"generate", "download"}  # raw data: never rerun for code, so no code inputs
-STORE_JOBS = {"subsample": 2, "finetune_set": 3, "all": 1}  # every store of the smoke run
+TRAIN_JOBS = {"train_tokenizer": 1, "tokenize": 2, "pretrain": 2, "finetune": 6}  # smoke: 2 sizes, 3 sets
+STORE_JOBS = {"subsample": 2, "finetune_set": 3, **TRAIN_JOBS, "all": 1}  # every store and what follows
 
 
 def workdir(tmp_path: Path, copy_code: bool = False) -> Path:
@@ -62,9 +64,14 @@ def planned_jobs(output: str) -> list[tuple[str, list[str], str]]:
     return jobs
 
 
-def test_dry_run_plans_the_paper_data_phase(tmp_path: Path) -> None:
+def test_dry_run_plans_the_paper_data_and_training_phases(tmp_path: Path) -> None:
     output = snakemake(workdir(tmp_path), "-n", "--forceall", "--quiet", "rules")
-    assert job_counts(output) == {"download": 20 * 5, "subsample": 15, "finetune_set": 5 * 3, "all": 1}
+    assert job_counts(output) == {
+        "download": 20 * 5, "subsample": 15, "finetune_set": 5 * 3,
+        "train_tokenizer": 1, "tokenize": 15, "pretrain": 3,
+        "finetune": 3 * 5 * 3,  # sizes x held-out games x qualities
+        "all": 1,
+    }  # fmt: skip
 
 
 def test_a_configfile_replaces_params_yaml_whole(tmp_path: Path) -> None:
@@ -136,6 +143,17 @@ def test_local_pipeline_runs_end_to_end_and_reruns_only_what_changed(tmp_path: P
             meta["quality"] == quality
             and meta["checkpoint_window"] == smoke["finetune_data"]["qualities"][quality]
         )
+    for size in smoke["models"]:
+        for quality in smoke["finetune_data"]["qualities"]:
+            run = cwd / "results/train/finetune" / size / quality / "Boxing"
+            model, meta = load_model(run / "model.safetensors")
+            assert (
+                meta["game"] == "Boxing" and meta["quality"] == quality and meta["pretrained"]["size"] == size
+            )
+            assert model.config.layers == smoke["models"][size]["layers"]
+            lines = (run / "run" / "metrics.jsonl").read_text().splitlines()
+            assert json.loads(lines[-1])["step"] == smoke["finetune"]["steps"]
+            assert not (run / "run" / "state.pt").exists()  # a finished run keeps no resume state
     assert not list((cwd / "results").rglob(".*tmp*"))  # no staging left behind
     raw = cwd / "resources/generated"
     for path in [raw / "manifests/Pong/1.tsv", raw / "dqn-replay/Pong/1/replay_logs"]:
@@ -150,9 +168,10 @@ def test_local_pipeline_runs_end_to_end_and_reruns_only_what_changed(tmp_path: P
     # code: a module reruns exactly the jobs whose command imports it, and raw data never reruns
     for module, expected in [
         ("cli.py", {}),
-        ("models/world_action.py", {}),
         ("data/generate.py", {}),
-        ("data/finetune_set.py", {"finetune_set": 3, "all": 1}),
+        ("models/world_action.py", {"pretrain": 2, "finetune": 6, "all": 1}),  # the tokenizer's jobs not
+        ("train/finetune.py", {"finetune": 6, "all": 1}),
+        ("data/finetune_set.py", {"finetune_set": 3, "finetune": 6, "all": 1}),
         ("data/subsample.py", STORE_JOBS),
         ("atomic.py", STORE_JOBS),
     ]:
@@ -166,7 +185,15 @@ def test_local_pipeline_runs_end_to_end_and_reruns_only_what_changed(tmp_path: P
     smoke["subsample"]["seed"] = 1
     smoke["finetune_data"]["qualities"]["expert"] = [0.5, 1.0]
     (cwd / "config" / "smoke.yaml").write_text(yaml.safe_dump(smoke))
-    assert plan() == {"subsample": 2, "finetune_set": 1, "all": 1}
+    assert plan() == {"subsample": 2, "finetune_set": 1, **TRAIN_JOBS, "all": 1}
+    smoke = yaml.safe_load((cwd / "config" / "smoke.yaml").read_text())
+    smoke["subsample"]["seed"], smoke["finetune_data"]["qualities"]["expert"] = 0, [0.6, 1.0]
+    smoke["finetune"]["steps"] = 30
+    (cwd / "config" / "smoke.yaml").write_text(yaml.safe_dump(smoke))
+    assert plan() == {"finetune": 6, "all": 1}
+    smoke["models"]["tiny-s"]["q_hidden"] = 48  # one size's architecture: its pretraining and fine-tuning
+    (cwd / "config" / "smoke.yaml").write_text(yaml.safe_dump(smoke))
+    assert plan() == {"pretrain": 1, "finetune": 6, "all": 1}
 
 
 def test_lint_finds_nothing_but_the_accepted_conda_note(tmp_path: Path) -> None:

@@ -15,9 +15,10 @@ import numpy as np
 import pytest
 import torch
 
-from jowa.checkpoints import CheckpointError, from_reference
+from jowa.checkpoints import from_reference
 from jowa.models.transformer import flash_attn_func
 from jowa.models.world_action import JOWA, SIZES, JOWAConfig, JOWAOutput, count_parameters
+from jowa.state_files import CheckpointError
 
 REFERENCE = Path(__file__).resolve().parent / "reference"
 FIXTURE = REFERENCE / "tiny_fixture"
@@ -205,7 +206,9 @@ def test_optimizer_groups_follow_the_reference() -> None:
         model.configure_optimizers(1e-4, 5e-5, 0.01)  # keyword-only: params.yaml names every value
     with pytest.raises(TypeError):
         model.configure_optimizers(world_lr=1e-4, critic_lr=5e-5)  # no default weight decay
-    optimizer = model.configure_optimizers(world_lr=1e-4, critic_lr=5e-5, weight_decay=0.01)
+    optimizer = model.configure_optimizers(
+        world_lr=1e-4, critic_lr=5e-5, weight_decay=0.01, betas=(0.9, 0.999), eps=1e-8
+    )
     groups = {group["name"]: group for group in optimizer.param_groups}
     ids = {name: {id(parameter) for parameter in group["params"]} for name, group in groups.items()}
     assert id(model.transformer.blocks[0].attn.query.weight) in ids["world_decay"]
@@ -225,7 +228,9 @@ def test_optimizer_with_a_frozen_q_head_has_no_critic_group() -> None:
     model = JOWA(JOWAConfig.from_arch(TINY_ARCH))
     model.q_head.requires_grad_(False)
     model.observation_embedding.weight.requires_grad_(False)
-    optimizer = model.configure_optimizers(world_lr=1e-4, critic_lr=5e-5, weight_decay=0.01)
+    optimizer = model.configure_optimizers(
+        world_lr=1e-4, critic_lr=5e-5, weight_decay=0.01, betas=(0.9, 0.999), eps=1e-8
+    )
     assert [group["name"] for group in optimizer.param_groups] == ["world_decay", "world_no_decay"]
     grouped = [id(parameter) for group in optimizer.param_groups for parameter in group["params"]]
     trainable = [id(parameter) for parameter in model.parameters() if parameter.requires_grad]

@@ -60,22 +60,49 @@ class SegmentPool:
     def __len__(self) -> int:
         return len(self.starts)
 
-    def batch(self, index: torch.Tensor) -> Batch:
-        """The segments `index` (B,), right-padded to the pool's length with zeros."""
+    def rows(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(store rows (B, length), real-step mask (B, length)) of the segments `index`; padded steps
+        point at the segment's first row, so gathering from any per-step array stays in range."""
         index = index.to(self.device)
         steps = torch.arange(self.length, device=self.device)
         mask = steps < self.valid[index].unsqueeze(1)
-        rows = self.starts[index].unsqueeze(1) + steps * mask  # padded steps read the first row, then zeroed
+        return self.starts[index].unsqueeze(1) + steps * mask, mask
+
+    def batch(self, index: torch.Tensor, obs_tokens: torch.Tensor | None = None) -> Batch:
+        """The segments `index` (B,), right-padded to the pool's length with zeros. `obs_tokens`
+        (B, length, K) replaces the pool's tokens (a tokenizer being tuned encodes frames itself)."""
+        rows, mask = self.rows(index)
+        tokens = self.tokens[rows].long() if obs_tokens is None else obs_tokens.long()
         return Batch(
-            obs_tokens=self.tokens[rows].long() * mask.unsqueeze(-1),
+            obs_tokens=tokens * mask.unsqueeze(-1),
             actions=self.actions[rows].long() * mask,
             rewards=self.rewards[rows] * mask,
             ends=(self.terminals[rows] & mask).long(),
             mask=mask,
-            tasks=self.tasks[index],
+            tasks=self.tasks[index.to(self.device)],
         )
 
     def sample(self, batch_size: int, generator: torch.Generator) -> Batch:
         """`batch_size` segments drawn uniformly, with replacement, from all stores' segments."""
         index = torch.randint(len(self), (batch_size,), generator=generator, device=generator.device)
         return self.batch(index)
+
+
+def pool_device(token_bytes: int, device: torch.device) -> torch.device:
+    """Where a pool of `token_bytes` should live: on the GPU when it takes at most half its free memory."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        if token_bytes <= free // 2:
+            return device
+    return torch.device("cpu")
+
+
+def fetch(pool: SegmentPool, index: torch.Tensor, device: torch.device) -> Batch:
+    """The segments `index` on `device`: gathered in place on a GPU-resident pool, else gathered in host
+    memory, pinned, and copied without blocking."""
+    batch = pool.batch(index)
+    if pool.device == device:
+        return batch
+    if device.type == "cuda":
+        batch = Batch(**{name: getattr(batch, name).pin_memory() for name in batch.__dataclass_fields__})
+    return batch.to(device, non_blocking=True)

@@ -22,18 +22,19 @@ IGNORE = -100
 
 
 @cache
-def _mask_table(device: torch.device) -> torch.Tensor:
-    """The (60, 18) action-mask table on `device`, copied there once."""
+def action_mask_table(device: torch.device) -> torch.Tensor:
+    """The (60, 18) action-mask table on `device`, copied there once. A compiled step should get it as
+    an argument: traced, it would be rebuilt from the Python list on every call."""
     return torch.tensor(ACTION_MASKS, device=device)
 
 
-def task_action_masks(tasks: torch.Tensor) -> torch.Tensor:
+def task_action_masks(tasks: torch.Tensor, table: torch.Tensor | None = None) -> torch.Tensor:
     """(B,) task ids -> (B, 18) valid-action masks of the games GAMES[task], as the reference looks them up.
 
     The task ids are those the model sees: for held-out games remapped to a pretraining game's id, that
-    is the other game's mask (spec 1.7).
+    is the other game's mask (spec 1.7). `table` is `action_mask_table(device)`, looked up if not given.
     """
-    return _mask_table(tasks.device)[tasks]
+    return (action_mask_table(tasks.device) if table is None else table)[tasks]
 
 
 def world_model_losses(
@@ -78,17 +79,23 @@ def project_distribution(
 
 
 def critic_losses(
-    output: JOWAOutput, batch: Batch, *, atoms: torch.Tensor, gamma: float, cql_weight: float
+    output: JOWAOutput,
+    batch: Batch,
+    *,
+    atoms: torch.Tensor,
+    gamma: float,
+    cql_weight: float,
+    mask_table: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
     """One-step C51 TD loss on the ensemble-mixture distribution and the CQL penalty.
 
     Each row's valid actions are its game's minimal set, looked up by its task id. TD targets exist for
     real steps followed by a real step in the same row (bootstrap from the next step's Q position through
     the target head, argmax over valid actions) and for terminal steps (all mass on r); the last real
-    step of a row that was cut without a terminal has none.
+    step of a row that was cut without a terminal has none. `mask_table`: see `task_action_masks`.
     """
     actions, rewards, mask_padding = batch.actions, batch.rewards, batch.mask
-    action_mask = task_action_masks(batch.tasks)
+    action_mask = task_action_masks(batch.tasks, mask_table)
     num_actions = action_mask.shape[-1]
     online = ensemble_probabilities(output.q_logits, num_actions)  # (B, S, A, Z)
     taken = online.gather(2, actions[..., None, None].expand(-1, -1, 1, online.shape[-1])).squeeze(2)
@@ -113,5 +120,11 @@ def critic_losses(
     q = expected_q(online, atoms)  # (B, S, A)
     dataset_q = q.gather(2, actions.unsqueeze(-1)).squeeze(-1)
     # Logsumexp over all actions, invalid ones included, as the reference does (gotcha 7).
-    penalty = (q.logsumexp(dim=-1) - dataset_q)[mask_padding].mean()
-    return {"loss_td_error": td[has_target].mean(), "loss_cql_penalty": cql_weight * penalty}
+    penalty = _masked_mean(q.logsumexp(dim=-1) - dataset_q, mask_padding)
+    return {"loss_td_error": _masked_mean(td, has_target), "loss_cql_penalty": cql_weight * penalty}
+
+
+def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of `values` where `mask` is True (0 where none is), as a weighted sum: boolean indexing
+    would wait for the GPU and give torch.compile a data-dependent shape on every step."""
+    return (values * mask).sum() / mask.sum().clamp(min=1)

@@ -3,7 +3,7 @@
 Written from the paper. Parameter names (``net.sliceK.N.*``, ``linK.model.1.weight``,
 ``scaling_layer.{shift,scale}``) follow the layout of reference tokenizer checkpoints, which carry the
 network under ``lpips.``. The module only defines the network: its pretrained weights cannot be
-downloaded here and are read by ``jowa.checkpoints.load_lpips``.
+downloaded here and are read by ``jowa.tokenizer_checkpoints.load_lpips``.
 """
 
 from __future__ import annotations
@@ -83,9 +83,9 @@ class LPIPS(nn.Module):
     per channel by a learned 1x1 conv, averaged over space, and summed over layers. Inputs are in [-1, 1];
     one-channel (grayscale) images are repeated to 3 channels. Returns shape (B, 1, 1, 1).
 
-    A new module is randomly initialised (only useful for tests); ``jowa.checkpoints.load_lpips`` builds one
-    with pretrained weights. It always stays in eval mode: it is a fixed metric, so ``tokenizer.train()``
-    must not switch on the heads' dropout.
+    A new module is randomly initialised (only useful for tests); ``jowa.tokenizer_checkpoints.load_lpips``
+    builds one with pretrained weights. Its weights are frozen, but it follows the tokenizer's train/eval
+    mode as the reference's does: its heads' dropout (p = 0.5) is on while the tokenizer trains (gotcha 24).
     """
 
     def __init__(self) -> None:
@@ -96,10 +96,6 @@ class LPIPS(nn.Module):
             setattr(self, f"lin{k}", _LinearHead(channels))
         self.requires_grad_(False)
         self.eval()
-
-    def train(self, mode: bool = True) -> LPIPS:
-        """Ignore ``mode``: a frozen metric must stay deterministic."""
-        return super().train(False)
 
     @staticmethod
     def _unit_normalize(x: Tensor, eps: float = 1e-10) -> Tensor:

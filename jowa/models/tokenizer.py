@@ -38,12 +38,13 @@ COMMITMENT_BETA = 1.0
 
 _NO_WEIGHTS_MESSAGE = (
     "the LPIPS perceptual loss needs pretrained weights (VGG16 features + LPIPS linear heads), which "
-    "cannot be downloaded in this environment. Load them with jowa.checkpoints.load_lpips(PATH) and pass "
+    "cannot be downloaded in this environment. Load them with jowa.tokenizer_checkpoints.load_lpips(PATH) "
+    "and pass "
     "the result as Tokenizer(config, perceptual=...) or tokenizer.load_perceptual(...); PATH (or a list of "
     "paths, merged) is a torch.save / .safetensors / .npz file with keys 'net.sliceK.N.{weight,bias}' and "
     "'linK.model.1.weight' (optionally prefixed 'lpips.', as in a JOWA tokenizer checkpoint; torchvision "
     "'features.N.*' VGG16 keys are accepted too). A reference checkpoint that contains 'lpips.*' keys "
-    "provides them via jowa.checkpoints.tokenizer_from_reference. "
+    "provides them via jowa.tokenizer_checkpoints.tokenizer_from_reference. "
     "Or call compute_loss(..., perceptual=False)."
 )
 
@@ -164,10 +165,11 @@ def _init_conv(module: nn.Module) -> None:
 class Tokenizer(nn.Module):
     """VQ-VAE frame tokenizer (spec section 2): frames in [0, 1] <-> ``tokens_per_frame`` tokens per frame.
 
-    ``perceptual``: an optional LPIPS net with pretrained weights (``jowa.checkpoints.load_lpips``); its
-    weights cannot be downloaded here, so without it the perceptual loss is off. When present it is
-    registered as ``lpips`` (frozen), as in reference checkpoints. ``initialize=False`` skips the (QR-heavy)
-    reference init, for callers that overwrite every weight anyway.
+    ``perceptual``: an optional LPIPS net with pretrained weights
+    (``jowa.tokenizer_checkpoints.load_lpips``); its weights cannot be downloaded here, so without it the
+    perceptual loss is off. When present it is registered as ``lpips`` (frozen), as in reference
+    checkpoints. ``initialize=False`` skips the (QR-heavy) reference init, for callers that overwrite every
+    weight anyway.
     """
 
     def __init__(
@@ -287,11 +289,18 @@ class Tokenizer(nn.Module):
         * ``perceptual_loss`` = batch mean of LPIPS(x, x_hat) in [-1, 1], when ``perceptual`` is true or, by
           default, whenever an LPIPS net is attached.
         """
+        x = self.preprocess(frames.reshape(-1, *frames.shape[-3:]))
+        return self.loss_terms(x, self(x), perceptual=perceptual)
+
+    def loss_terms(
+        self, x: Tensor, output: TokenizerOutput, *, perceptual: bool | None = None
+    ) -> dict[str, Tensor]:
+        """`compute_loss` from a forward pass already made on x in [-1, 1]: a DistributedDataParallel
+        wrapper must run the forward itself for its gradient averaging to happen (spec gotcha 21)."""
         use_perceptual = self.has_perceptual if perceptual is None else perceptual
         if use_perceptual and self.lpips is None:
             raise PerceptualWeightsUnavailable(_NO_WEIGHTS_MESSAGE)
-        x = self.preprocess(frames.reshape(-1, *frames.shape[-3:]))
-        z, z_q, rec = self(x)
+        z, z_q, rec = output
         codebook = (z.detach() - z_q).pow(2).mean()
         commitment = (z - z_q.detach()).pow(2).mean()
         losses = {

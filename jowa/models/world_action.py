@@ -22,12 +22,13 @@ import dataclasses
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from jowa.models.token_layout import TokenLayout
 from jowa.models.transformer import AttentionBackend, KVCache, Transformer, TransformerConfig
 
 ARCH_KEYS = ("layers", "heads", "width", "q_hidden", "q_ensemble")
@@ -175,28 +176,6 @@ class QEnsemble(nn.Module):
         return out.view(out.shape[0], batch, steps, out.shape[-1])
 
 
-class TokenLayout(NamedTuple):
-    """Where each kind of token sits in a window of `length` tokens starting at absolute position `start`."""
-
-    is_action: torch.Tensor  # (length,) bool, slot j == 36
-    obs_head: torch.Tensor  # indices with slot j != 35
-    action: torch.Tensor  # indices with slot j == 36
-    q: torch.Tensor  # indices with slot j == 35
-
-    @classmethod
-    def build(cls, start: int, length: int, tokens_per_block: int, device: torch.device) -> TokenLayout:
-        # Built on the CPU so that no boolean indexing waits for the GPU.
-        slots = torch.arange(start, start + length) % tokens_per_block
-        q_slot, action_slot = tokens_per_block - 2, tokens_per_block - 1
-        layout = (
-            slots == action_slot,
-            torch.nonzero(slots != q_slot).squeeze(1),
-            torch.nonzero(slots == action_slot).squeeze(1),
-            torch.nonzero(slots == q_slot).squeeze(1),
-        )
-        return cls(*(tensor.to(device, non_blocking=True) for tensor in layout))
-
-
 def _mlp_head(width: int, out_dim: int) -> nn.Sequential:
     return nn.Sequential(nn.Linear(width, width), nn.ReLU(), nn.Linear(width, out_dim))
 
@@ -253,6 +232,12 @@ class JOWA(nn.Module):
         q_out = config.num_actions * config.num_atoms
         self.q_head = QEnsemble(config.q_ensemble, width, config.q_hidden, q_out, config.q_dropout)
         self.q_target_head = copy.deepcopy(self.q_head).requires_grad_(False).eval()
+        # The training window's layout as (non-saved) buffers: built once, on the model's device, and
+        # graph inputs of torch.compile instead of data-dependent nonzero calls on every step.
+        full = TokenLayout.build(0, config.max_tokens, config.tokens_per_block, torch.device("cpu"))
+        for name, tensor in full._asdict().items():
+            self.register_buffer(f"layout_{name}", tensor, persistent=False)
+        self._layouts: dict[tuple[int, int, torch.device], TokenLayout] = {}
 
     def train(self, mode: bool = True) -> JOWA:
         """Switch train/eval mode; the target Q head always stays in eval mode (no dropout in TD targets)."""
@@ -289,6 +274,15 @@ class JOWA(nn.Module):
             x = x + torch.where(is_action, task_action, task_observation)
         return x
 
+    def _layout(self, start: int, length: int, device: torch.device) -> TokenLayout:
+        """The token layout of a window: the training window's buffers, or one built once per window."""
+        if start == 0 and length == self.config.max_tokens:
+            return TokenLayout(*(getattr(self, f"layout_{name}") for name in TokenLayout._fields))
+        key = (start, length, device)
+        if key not in self._layouts:
+            self._layouts[key] = TokenLayout.build(start, length, self.config.tokens_per_block, device)
+        return self._layouts[key]
+
     def forward(
         self, tokens: torch.Tensor, tasks: torch.Tensor, kv_cache: KVCache | None = None
     ) -> JOWAOutput:
@@ -304,7 +298,7 @@ class JOWA(nn.Module):
             )
         if tasks.shape != (batch,):
             raise ValueError(f"tasks must have shape ({batch},), got {tuple(tasks.shape)}")
-        layout = TokenLayout.build(start, length, self.config.tokens_per_block, tokens.device)
+        layout = self._layout(start, length, tokens.device)
         hidden = self.transformer(self._embed(tokens, tasks, start, layout.is_action), kv_cache)
         action_hidden = hidden[:, layout.action]
         q_hidden = hidden[:, layout.q]
@@ -319,14 +313,22 @@ class JOWA(nn.Module):
         )
 
     def configure_optimizers(
-        self, *, world_lr: float, critic_lr: float, weight_decay: float
+        self,
+        *,
+        world_lr: float,
+        critic_lr: float,
+        weight_decay: float,
+        betas: tuple[float, float],
+        eps: float,
+        fused: bool = False,
     ) -> torch.optim.AdamW:
         """AdamW with the reference's three groups (spec 4.5, gotcha 17), over trainable tensors only.
 
         (i) Linear weights: decayed, world lr; (ii) biases, LayerNorm and embedding weights: not decayed,
         world lr; (iii) the whole Q head, biases and norms included: decayed, critic lr. Frozen tensors are
         left out and so is a group left empty: with `q_head.requires_grad_(False)` (stage 1, world-model
-        losses only) there is no critic group, and DDP needs no `find_unused_parameters`.
+        losses only) there is no critic group, and DDP needs no `find_unused_parameters`. `fused` selects
+        PyTorch's single-kernel AdamW (CUDA).
         """
         decay, no_decay = [], []
         for module_name, module in self.named_modules():
@@ -350,7 +352,7 @@ class JOWA(nn.Module):
                 f"optimizer groups hold {len(grouped)} tensors ({len(set(grouped))} distinct) but the model "
                 f"trains {len(trainable)}, {len(trainable - set(grouped))} of them in no group"
             )
-        return torch.optim.AdamW(groups)
+        return torch.optim.AdamW(groups, betas=betas, eps=eps, fused=fused or None)
 
 
 # Spec 2.8: the reference tokenizer module, which registers the frozen LPIPS VGG16, and its trainable part.

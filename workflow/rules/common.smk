@@ -38,6 +38,9 @@ RAW = "resources/generated" if PARAMS.data.generated else "resources"
 REPLAY_ROOT = f"{RAW}/dqn-replay"
 MANIFEST_ROOT = f"{RAW}/manifests"
 
+MODELS = list(PARAMS.models)
+TRAIN_ROOT = "results/train"
+
 PRETRAIN_RUNS = pick_runs(PRETRAIN, RUNS, PARAMS.subsample.runs_per_game, PARAMS.subsample.seed)
 FINETUNE_RUNS = pick_runs(FINETUNE, RUNS, PARAMS.finetune_data.runs_per_game, PARAMS.finetune_data.seed)
 
@@ -61,3 +64,15 @@ def quality_section(wildcards):
     section = PARAMS.finetune_data
     only = {wildcards.quality: section.qualities[wildcards.quality]}
     return section_json(section.model_copy(update={"qualities": only}))
+
+
+def tokens(data_set):
+    """A store's token array (`jowa tokenize`), beside the store."""
+    return f"results/data/{data_set}.tokens.npy"
+
+
+def finetune_tokens(wildcards):
+    """The set's token array, read only when the tokenizer is not tuned."""
+    if PARAMS.finetune.tune_tokenizer:
+        return []
+    return tokens(f"finetune/{wildcards.quality}/{wildcards.game}")

@@ -1,0 +1,90 @@
+"""`jowa tokenize`: every frame of a store encoded into a token array beside it (uint16, N x 36).
+
+World-model training then reads tokens only (36 x 2 bytes per step instead of 7056). Frames are read
+in chunks from the memory-mapped store and encoded in batches, on the GPU when there is one (bf16
+autocast there, as the reference's token cache; float32 on a CPU). The array is filled in a `.partial`
+file beside the output with a small progress record, so a killed job continues where it stopped; the
+finished array is renamed into place.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from jowa.data.store import TrainingStore
+from jowa.errors import MissingInputError
+from jowa.tokenizer_checkpoints import load_tokenizer
+from jowa.train.run import sha256_file
+from jowa.train.runtime import runtime
+
+TOKEN_DTYPE = np.uint16
+
+
+def configure_parser(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--tokenizer", type=Path, required=True, help="a tokenizer .safetensors")
+    parser.add_argument("--store", type=Path, required=True, help="the training store to encode")
+    parser.add_argument("--out", type=Path, required=True, help="the .npy token array to write")
+    parser.add_argument("--batch", type=int, default=1024, help="frames per encoder call (default 1024)")
+    parser.add_argument("--device", help="torch device (default: the GPU if any, else the CPU)")
+
+
+def load_tokens(path: Path | str, store: TrainingStore) -> np.ndarray:
+    """A store's token array, memory-mapped, checked against the store."""
+    path = Path(path)
+    if not path.exists():
+        raise MissingInputError(f"{path}: no token array; run `jowa tokenize` on {store.path}")
+    tokens = np.load(path, mmap_mode="r")
+    if tokens.dtype != TOKEN_DTYPE or tokens.ndim != 2 or len(tokens) != len(store):
+        raise MissingInputError(
+            f"{path}: tokens {tokens.dtype} {tokens.shape} do not fit {store.path} ({len(store)} steps); "
+            "run `jowa tokenize` again"
+        )
+    return tokens
+
+
+def main(args: argparse.Namespace) -> None:
+    store = TrainingStore.open(args.store)
+    partial = args.out.with_name(args.out.name + ".partial")
+    progress = args.out.with_name(args.out.name + ".progress.json")
+    with runtime(precision="bf16", compile=False, device=args.device) as rt:
+        tokenizer, _ = load_tokenizer(args.tokenizer, rt.device)
+        tokenizer.eval()
+        identity = {"tokenizer": sha256_file(args.tokenizer), "store": store.meta, "steps": len(store)}
+        done = 0
+        if (
+            partial.exists()
+            and progress.exists()
+            and json.loads(progress.read_text())["identity"] == identity
+        ):
+            done = json.loads(progress.read_text())["rows"]
+            tokens = np.lib.format.open_memmap(partial, mode="r+")
+        else:
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            shape = (len(store), tokenizer.config.tokens_per_frame)
+            tokens = np.lib.format.open_memmap(partial, mode="w+", dtype=TOKEN_DTYPE, shape=shape)
+        bar = tqdm(total=len(store), initial=done, unit="frame", desc=f"tokenize {store.path.name}",
+                   disable=args.quiet, mininterval=2.0)  # fmt: skip
+        chunk = args.batch * 16  # rows committed at once: progress is recorded per chunk
+        while done < len(store):
+            end = min(done + chunk, len(store))
+            frames = torch.from_numpy(np.array(store.frames[done:end]))
+            for start in range(0, end - done, args.batch):
+                batch = frames[start : start + args.batch].to(rt.device, non_blocking=True)
+                with rt.autocast():
+                    encoded = tokenizer.encode(batch.unsqueeze(1).float().div_(255))
+                tokens[done + start : done + start + len(batch)] = encoded.cpu().numpy().astype(TOKEN_DTYPE)
+                bar.update(len(batch))
+            tokens.flush()
+            done = end
+            progress.write_text(json.dumps({"identity": identity, "rows": done}))
+        bar.close()
+        del tokens
+        os.replace(partial, args.out)
+        progress.unlink()

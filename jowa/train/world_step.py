@@ -1,0 +1,153 @@
+"""One optimizer step of the world-action model, shared by pretraining and fine-tuning (spec 4.1-4.5).
+
+A step is: for each micro-batch of this rank's share, one forward over the interleaved tokens, the world
+losses (x supervised weight while the critic trains) plus C51 TD and CQL when it does, backward
+(gradients accumulate; DDP averages them over ranks on the last micro-batch); then one global-norm clip
+and one AdamW step. Segments synthesized by imagination (fine-tuning, spec 5.5) may ride along: they
+enter the critic losses only, never the world-model losses.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from jowa.models.batch import Batch
+from jowa.models.losses import action_mask_table, critic_losses, world_model_losses
+from jowa.models.world_action import JOWA, JOWAOutput
+from jowa.train.params import WorldTrainingParams
+from jowa.train.runtime import Runtime
+
+
+@dataclass(frozen=True)
+class Stage:
+    """What a stretch of steps trains: pretraining stage 1 (world model only) or 2, or fine-tuning."""
+
+    name: str
+    critic: bool
+    world_lr: float
+    supervised_weight: float  # 1 while the critic does not train
+
+
+def split(batch: Batch, parts: int) -> list[Batch]:
+    """`batch` cut into `parts` equal micro-batches along the segment axis."""
+    fields = {name: getattr(batch, name).chunk(parts) for name in batch.__dataclass_fields__}
+    return [Batch(**{name: chunks[i] for name, chunks in fields.items()}) for i in range(parts)]
+
+
+def concat(first: Batch, second: Batch) -> Batch:
+    fields = batch_fields(first)
+    return Batch(**{name: torch.cat([getattr(first, name), getattr(second, name)]) for name in fields})
+
+
+def batch_fields(batch: Batch) -> tuple[str, ...]:
+    return tuple(batch.__dataclass_fields__)
+
+
+def _real_rows(output: JOWAOutput, rows: int) -> JOWAOutput:
+    """The world-head outputs of the first `rows` segments (the Q outputs are not read by world losses)."""
+    return JOWAOutput(
+        obs_logits=output.obs_logits[:rows],
+        reward_logits=output.reward_logits[:rows],
+        end_logits=output.end_logits[:rows],
+        q_logits=output.q_logits,
+        q_target_logits=output.q_target_logits,
+    )
+
+
+class WorldTrainer:
+    """The model, its optimizer for the current stage and the step; DDP-wrapped under torchrun."""
+
+    def __init__(self, model: JOWA, rt: Runtime, settings: WorldTrainingParams, micro_batch: int) -> None:
+        self.model = model.to(rt.device).train()
+        self.rt = rt
+        self.settings = settings
+        self.micro_batch = micro_batch
+        self.atoms = model.config.atoms(rt.device)
+        self.mask_table = action_mask_table(rt.device)
+        self.stage: Stage | None = None
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.forward: nn.Module = self.model
+        self._losses = self.losses
+
+    def enter(self, stage: Stage) -> None:
+        """Start `stage`: fresh AdamW moments and learning rates (spec 4.4), Q head trained or frozen."""
+        self.stage = stage
+        self.model.q_head.requires_grad_(stage.critic)
+        s = self.settings
+        self.optimizer = self.model.configure_optimizers(
+            world_lr=stage.world_lr, critic_lr=s.critic_lr, weight_decay=s.weight_decay,
+            betas=s.adam_betas, eps=s.adam_eps, fused=self.rt.on_gpu,
+        )  # fmt: skip
+        module: nn.Module = self.model
+        if self.rt.distributed:  # re-wrapped: DDP fixes its parameter set when built
+            ids = [self.rt.device.index] if self.rt.on_gpu else None
+            module = DistributedDataParallel(module, device_ids=ids)
+        self.forward = module
+        # Compiled with the loss heads, not the model alone, so that the cross-entropies over 2048
+        # logits and the C51 projection fuse with the forward pass.
+        self._losses = torch.compile(self.losses) if self.rt.compile else self.losses
+
+    def losses(self, batch: Batch, imagined: Batch | None) -> dict[str, torch.Tensor]:
+        assert self.stage is not None
+        whole = batch if imagined is None else concat(batch, imagined)
+        output = self.forward(whole.tokens(), whole.tasks)
+        weight = self.stage.supervised_weight
+        losses = world_model_losses(_real_rows(output, len(batch.tasks)), batch, supervised_weight=weight)
+        if self.stage.critic:
+            s = self.settings
+            losses |= critic_losses(
+                output,
+                whole,
+                atoms=self.atoms,
+                gamma=s.gamma,
+                cql_weight=s.cql_weight,
+                mask_table=self.mask_table,
+            )
+        return losses
+
+    def step(self, step: int, batch: Batch, imagined: Batch | None = None) -> dict[str, torch.Tensor]:
+        """One optimizer step on this rank's `batch` (+ `imagined` segments for the critic only)."""
+        assert self.optimizer is not None, "call enter(stage) first"
+        parts = max(1, len(batch.tasks) // self.micro_batch)
+        real_parts = split(batch, parts)
+        imagined_parts = split(imagined, parts) if imagined is not None else [None] * parts
+        totals: dict[str, torch.Tensor] = {}
+        for i, (real, extra) in enumerate(zip(real_parts, imagined_parts, strict=True)):
+            last = i == parts - 1
+            no_sync = self.forward.no_sync() if self.rt.distributed and not last else contextlib.nullcontext()
+            with no_sync:
+                with self.rt.autocast():
+                    losses = self._losses(real, extra)
+                    loss = sum(losses.values()) / parts
+                loss.backward()
+            for name, value in losses.items():
+                totals[name] = totals.get(name, 0) + value.detach() / parts
+        trainable = [p for p in self.model.parameters() if p.requires_grad]
+        grad_norm = torch.nn.utils.clip_grad_norm_(trainable, self.settings.grad_clip)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        if step % self.settings.target_update == 0:
+            self.model.update_target()
+        return {**totals, "loss_total": sum(totals.values()), "grad_norm": grad_norm}
+
+    def learning_rates(self) -> dict[str, float]:
+        """`lr` (the world groups') and, while the critic trains, `lr_critic`."""
+        assert self.optimizer is not None
+        rates = {group["name"]: group["lr"] for group in self.optimizer.param_groups}
+        return {"lr": rates["world_decay"]} | ({"lr_critic": rates["critic"]} if "critic" in rates else {})
+
+    def state_dict(self) -> dict[str, Any]:
+        assert self.optimizer is not None and self.stage is not None
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Weights and optimizer of a saved step; `enter` the saved step's stage first."""
+        assert self.optimizer is not None
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
