@@ -10,6 +10,7 @@ min_version("9.27")
 include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/train.smk"
+include: "workflow/rules/eval.smk"
 
 
 rule all:
@@ -17,3 +18,4 @@ rule all:
     input:
         rules.data_all.input,
         rules.train_all.input,
+        rules.eval_all.input,

@@ -20,6 +20,7 @@ from typing import Annotated, Any, TypeVar
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
+from jowa.eval.params import EvalParams, PlanningParams
 from jowa.params_base import (
     GENERATE,
     UNIQUE,
@@ -107,6 +108,8 @@ class Params(Section):
     """model name -> architecture; each is pretrained (paper: the 40M, 70M and 150M presets, spec 3.3)"""
     pretrain: PretrainParams
     finetune: FinetuneParams
+    eval: EvalParams
+    planning: PlanningParams
 
 
 S = TypeVar("S", bound=Section)

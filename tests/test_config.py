@@ -148,7 +148,8 @@ def test_the_shipped_schema_is_generated_from_the_models() -> None:
     shipped = json.loads((ROOT / "jowa" / "params.schema.json").read_text())
     assert shipped == json_schema(), "regenerate it: jowa check-params --schema > jowa/params.schema.json"
     assert shipped["additionalProperties"] is False and set(shipped["required"]) == {
-        "games", "data", "subsample", "finetune_data", "tokenizer", "models", "pretrain", "finetune"
+        "games", "data", "subsample", "finetune_data", "tokenizer", "models", "pretrain", "finetune", "eval",
+        "planning",
     }  # fmt: skip
     assert (
         "a minimum"

@@ -25,7 +25,7 @@ from jowa.data.dopamine_format import (
 )
 from jowa.data.generate import DopamineReplayWriter, generate_run
 from jowa.errors import OutputExistsError
-from jowa.eval.env import make_env
+from jowa.eval.env import replay_env
 from jowa.games import UnknownGameError
 
 FIXTURE = Path(__file__).resolve().parent / "reference" / "dopamine_fixture"
@@ -192,7 +192,7 @@ def test_add_count_and_invalid_range(generated: tuple[Path, dict]) -> None:
 
 def test_rows_follow_dopamine_episode_layout(generated: tuple[Path, dict]) -> None:
     out, summary = generated
-    n_actions = make_env(GAME, 0.25).action_space.n
+    n_actions = replay_env(GAME, 0.25).action_space.n
     *full, final = summary["suffixes"]
     logged = {s: int(load_array(out / checkpoint_filename("add_count", s))) for s in full}
     logged[final] = summary["add_count"]
@@ -243,8 +243,8 @@ def test_same_seed_same_files_other_seed_differs(generated: tuple[Path, dict], t
 def test_preprocessing_matches_dopamine_recipe() -> None:
     """AtariPreprocessing equals Dopamine's recipe: max of the last 2 of 4 grayscale frames, INTER_AREA."""
     seed, steps = 3, 120
-    wrapped = make_env("Pong", 0.25)
-    reference = make_env("Pong", 0.25).env  # the same inner env, preprocessed by hand below
+    wrapped = replay_env("Pong", 0.25)
+    reference = replay_env("Pong", 0.25).env  # the same inner env, preprocessed by hand below
     obs, _ = wrapped.reset(seed=seed)
     reference.reset(seed=seed)
     screens = [np.zeros((210, 160), np.uint8), np.zeros((210, 160), np.uint8)]

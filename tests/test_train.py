@@ -67,7 +67,8 @@ FINETUNE = {
         "critic_after", "stage2_world_lr", "segment_length", "atoms", "vmin", "vmax"}},
     "steps": 6, "segment_stride": 1, "supervised_weight": 0.5, "tune_tokenizer": True,
     "tokenizer_lr": 1e-3, "tokenizer_batch": 8, "tokenizer_grad_clip": 1.0, "checkpoint_every": 3,
-    "log_every": 3,
+    "log_every": 3, "imagination": {"enabled": True, "after": 3, "horizon": 2, "beam_width": 2,
+                                    "imagined_batch": 4, "buffer_factor": 1},
 }  # fmt: skip
 
 
@@ -330,6 +331,7 @@ def test_fine_tuning_trains_model_and_tokenizer_on_the_held_out_set(data: dict, 
         and "tokenizer_reconstruction_loss" in logged[-1]
         and "loss_td_error" in logged[0]
     )
+    assert "imagined_buffer" not in logged[0] and logged[-1]["imagined_buffer"] > 0  # imagines after step 3
 
     fixed = {**FINETUNE, "tune_tokenizer": False}
     assert cli.main(["-q", "finetune", "--params", json.dumps(fixed), *map(str, common),

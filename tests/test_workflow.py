@@ -21,7 +21,8 @@ ROOT = Path(__file__).resolve().parents[1]
 WORKFLOW_FILES = ("Snakefile", "params.yaml", "workflow", "config", "profiles")
 RAW_RULES = {"generate", "download"}  # raw data: never rerun for code, so no code inputs
 TRAIN_JOBS = {"train_tokenizer": 1, "tokenize": 2, "pretrain": 2, "finetune": 6}  # smoke: 2 sizes, 3 sets
-STORE_JOBS = {"subsample": 2, "finetune_set": 3, **TRAIN_JOBS, "all": 1}  # every store and what follows
+EVAL_JOBS = {"evaluate_pretrained": 2 * 2 * 2, "evaluate_finetuned": 6}  # sizes x planners x games; sets
+STORE_JOBS = {"subsample": 2, "finetune_set": 3, **TRAIN_JOBS, **EVAL_JOBS, "all": 1}  # a store and after
 
 
 def workdir(tmp_path: Path, copy_code: bool = False) -> Path:
@@ -64,12 +65,14 @@ def planned_jobs(output: str) -> list[tuple[str, list[str], str]]:
     return jobs
 
 
-def test_dry_run_plans_the_paper_data_and_training_phases(tmp_path: Path) -> None:
+def test_dry_run_plans_the_paper_data_training_and_evaluation_phases(tmp_path: Path) -> None:
     output = snakemake(workdir(tmp_path), "-n", "--forceall", "--quiet", "rules")
     assert job_counts(output) == {
         "download": 20 * 5, "subsample": 15, "finetune_set": 5 * 3,
         "train_tokenizer": 1, "tokenize": 15, "pretrain": 3,
         "finetune": 3 * 5 * 3,  # sizes x held-out games x qualities
+        "evaluate_pretrained": 3 * 2 * 15,  # sizes x planners x games
+        "evaluate_finetuned": 3 * 5 * 3,
         "all": 1,
     }  # fmt: skip
 
@@ -154,6 +157,14 @@ def test_local_pipeline_runs_end_to_end_and_reruns_only_what_changed(tmp_path: P
             lines = (run / "run" / "metrics.jsonl").read_text().splitlines()
             assert json.loads(lines[-1])["step"] == smoke["finetune"]["steps"]
             assert not (run / "run" / "state.pt").exists()  # a finished run keeps no resume state
+            result = json.loads((cwd / "results/eval/finetune" / size / quality / "Boxing.json").read_text())
+            assert result["planner"] == "greedy" and result["lengths"] == [smoke["eval"]["max_steps"]] * 2
+        for planner in ("greedy", "beam"):
+            for game in smoke["games"]["pretrain"]:
+                result = json.loads(
+                    (cwd / "results/eval/pretrain" / size / planner / f"{game}.json").read_text()
+                )
+                assert len(result["returns"]) == smoke["eval"]["episodes"] and result["size"] == size
     assert not list((cwd / "results").rglob(".*tmp*"))  # no staging left behind
     raw = cwd / "resources/generated"
     for path in [raw / "manifests/Pong/1.tsv", raw / "dqn-replay/Pong/1/replay_logs"]:
@@ -169,9 +180,14 @@ def test_local_pipeline_runs_end_to_end_and_reruns_only_what_changed(tmp_path: P
     for module, expected in [
         ("cli.py", {}),
         ("data/generate.py", {}),
-        ("models/world_action.py", {"pretrain": 2, "finetune": 6, "all": 1}),  # the tokenizer's jobs not
-        ("train/finetune.py", {"finetune": 6, "all": 1}),
-        ("data/finetune_set.py", {"finetune_set": 3, "finetune": 6, "all": 1}),
+        (
+            "models/world_action.py",
+            {"pretrain": 2, "finetune": 6, **EVAL_JOBS, "all": 1},
+        ),  # not the tokenizer's
+        ("train/finetune.py", {"finetune": 6, "evaluate_finetuned": 6, "all": 1}),
+        ("data/finetune_set.py", {"finetune_set": 3, "finetune": 6, "evaluate_finetuned": 6, "all": 1}),
+        ("eval/planning.py", {"finetune": 6, **EVAL_JOBS, "all": 1}),  # fine-tuning imagines with it
+        ("eval/mcts.py", {**EVAL_JOBS, "all": 1}),
         ("data/subsample.py", STORE_JOBS),
         ("atomic.py", STORE_JOBS),
     ]:
@@ -185,15 +201,25 @@ def test_local_pipeline_runs_end_to_end_and_reruns_only_what_changed(tmp_path: P
     smoke["subsample"]["seed"] = 1
     smoke["finetune_data"]["qualities"]["expert"] = [0.5, 1.0]
     (cwd / "config" / "smoke.yaml").write_text(yaml.safe_dump(smoke))
-    assert plan() == {"subsample": 2, "finetune_set": 1, **TRAIN_JOBS, "all": 1}
+    assert plan() == {"subsample": 2, "finetune_set": 1, **TRAIN_JOBS, **EVAL_JOBS, "all": 1}
     smoke = yaml.safe_load((cwd / "config" / "smoke.yaml").read_text())
     smoke["subsample"]["seed"], smoke["finetune_data"]["qualities"]["expert"] = 0, [0.6, 1.0]
     smoke["finetune"]["steps"] = 30
     (cwd / "config" / "smoke.yaml").write_text(yaml.safe_dump(smoke))
-    assert plan() == {"finetune": 6, "all": 1}
+    assert plan() == {"finetune": 6, "evaluate_finetuned": 6, "all": 1}
     smoke["models"]["tiny-s"]["q_hidden"] = 48  # one size's architecture: its pretraining and fine-tuning
     (cwd / "config" / "smoke.yaml").write_text(yaml.safe_dump(smoke))
-    assert plan() == {"pretrain": 1, "finetune": 6, "all": 1}
+    assert plan() == {
+        "pretrain": 1,
+        "finetune": 6,
+        "evaluate_pretrained": 4,
+        "evaluate_finetuned": 6,
+        "all": 1,
+    }
+    smoke["finetune"]["steps"], smoke["models"]["tiny-s"]["q_hidden"] = 20, 32
+    smoke["planning"]["default"]["beam_width"] = 3  # beam search settings: the beam jobs only
+    (cwd / "config" / "smoke.yaml").write_text(yaml.safe_dump(smoke))
+    assert plan() == {"evaluate_pretrained": 4, "all": 1}
 
 
 def test_lint_finds_nothing_but_the_accepted_conda_note(tmp_path: Path) -> None:

@@ -8,7 +8,7 @@ that every downstream step (reader, converter, sampler) can consume unchanged. T
   logging rule (log after an `add()` that leaves `add_count % C == C-1`, and a final partial log). It is
   checked array-for-array against files written by Dopamine's own code (tests/test_generate.py).
 * `generate_run` plays a game with ale-py through gymnasium with Dopamine's preprocessing
-  (`jowa.eval.env.make_env`) and a uniform random policy, and writes one run directory atomically.
+  (`jowa.eval.env.replay_env`) and a uniform random policy, and writes one run directory atomically.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from jowa.data.dopamine_format import (
     write_array,
 )
 from jowa.data.manifest import write_manifest
-from jowa.eval.env import make_env
+from jowa.eval.env import replay_env
 
 #: gzip level for generated files. Measured on 2000-frame observation arrays of random Pong, SpaceInvaders
 #: and Seaquest: level 6 deflates 24k-31k frames/s, while play yields ~1.5k steps/s, so writing a file
@@ -193,7 +193,7 @@ def generate_run(
     into place at the end. Settings are the `data.generate` section's, validated there.
     """
     out_dir = Path(out_dir)
-    env = make_env(game, sticky_actions)  # before touching the disk: an unknown game creates nothing
+    env = replay_env(game, sticky_actions)  # before touching the disk: an unknown game creates nothing
     started = time.perf_counter()
     try:
         with atomic_dir(out_dir) as tmp:

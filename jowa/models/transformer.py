@@ -107,6 +107,21 @@ class KVCache:
     def length(self) -> int:
         return self.layers[0].length
 
+    @classmethod
+    def cat(cls, caches: list[KVCache]) -> KVCache:
+        """One cache holding the rows of `caches` in order; they must hold equally many tokens."""
+        lengths = {cache.length for cache in caches}
+        if len(lengths) != 1:
+            raise ValueError(f"caches of different lengths {sorted(lengths)} cannot be batched")
+        joined = cls(len(caches[0].layers), caches[0].layers[0].capacity)
+        for index, layer in enumerate(joined.layers):
+            sources = [cache.layers[index] for cache in caches]
+            layer.length = sources[0].length
+            if sources[0].keys is not None:
+                layer.keys = torch.cat([source.keys for source in sources])
+                layer.values = torch.cat([source.values for source in sources])
+        return joined
+
     def select(self, batch_index: torch.Tensor) -> KVCache:
         """A new cache holding copies of the rows `batch_index` (repeats allowed), e.g. to expand a beam."""
         selected = KVCache(len(self.layers), self.layers[0].capacity)

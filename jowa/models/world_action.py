@@ -264,7 +264,7 @@ class JOWA(nn.Module):
         x = torch.where(
             is_action,
             self.action_embedding(tokens.clamp(max=self.config.num_actions - 1)),
-            self.observation_embedding(tokens),
+            self.observation_embedding(tokens.clamp(max=self.config.obs_vocab - 1)),
         )
         positions = torch.arange(start, start + tokens.shape[1], device=tokens.device)
         x = x + self.position_embedding(positions)

@@ -13,8 +13,9 @@ that is fine-tuned is the one evaluated, and the game's own action mask selects 
 
 The result is the final checkpoint. The reference instead keeps the checkpoint with the best test return
 (>= 0.8 x the best so far, 180 s evaluations; gotcha 23), a selection on test episodes that we do not
-make by default. Imagination (spec 5.5) will add its synthesized segments through
-`WorldTrainer.step(..., imagined=...)`, which feeds them to the critic losses only.
+make by default (it needs evaluation during training; not implemented). With `imagination.enabled`,
+after `imagination.after` steps `imagination.imagined_batch` of each step's segments are imagined
+(`jowa.train.imagination`) and feed the critic losses only (`WorldTrainer.step(..., imagined=...)`).
 """
 
 from __future__ import annotations
@@ -27,10 +28,12 @@ import torch
 
 from jowa.checkpoints import load_model, save_model
 from jowa.config import params_help, parse_section
-from jowa.data.loader import SegmentPool
+from jowa.data.loader import SegmentPool, fetch
 from jowa.data.store import TrainingStore
 from jowa.errors import MissingInputError
+from jowa.models.batch import Batch
 from jowa.tokenizer_checkpoints import load_tokenizer, save_tokenizer
+from jowa.train.imagination import ImaginedBuffer, imagined_segments
 from jowa.train.params import FinetuneParams
 from jowa.train.run import TrainingRun, file_identity, sha256_file, step_generator
 from jowa.train.runtime import runtime
@@ -90,28 +93,46 @@ def main(args: argparse.Namespace) -> None:
                          "inputs": [file_identity(path) for path in inputs]},
         )  # fmt: skip
 
+        imagination = params.imagination
+        imagined_local = rt.share(imagination.imagined_batch, None, "finetune.imagination")[0]
+        buffer = ImaginedBuffer(imagination.buffer_factor * len(pool))
+
         def state() -> dict:
-            return {**trainer.state_dict(), **tokenizer_trainer.state_dict()}
+            return {**trainer.state_dict(), **tokenizer_trainer.state_dict(), "imagined": buffer.state_dict()}
 
         saved = run.resume()
         if saved is not None:
             trainer.load_state_dict(saved)
             tokenizer_trainer.load_state_dict(saved)
+            buffer.load_state_dict(saved["imagined"])
         run.say(f"{len(pool)} segments of {store.meta['game']}, {local} per rank per step on {rt.device}")
 
-        def step(step: int) -> dict[str, torch.Tensor]:
+        def segments(index: torch.Tensor) -> Batch:
+            """Real segments `index`, encoded by the tokenizer being tuned when it is."""
             if not params.tune_tokenizer:
-                return trainer.step(step, pool.draw(params.batch, params.seed, step))
+                return fetch(pool.pool, index, rt.device)
+            rows, _ = pool.pool.rows(index)
+            return pool.pool.batch(index, tokenizer_trainer.encode(frames[rows].unsqueeze(2) / 255))
+
+        def step(step: int) -> dict[str, torch.Tensor]:
+            losses: dict[str, torch.Tensor] = {}
             index = pool.index(params.batch, params.seed, step)
-            rows, mask = pool.pool.rows(index)
-            real = rows[mask]
-            pick = torch.randint(
-                len(real), (tokenizer_local,), generator=step_generator(params.seed, step, 1)
-            )
-            tokenizer_losses = tokenizer_trainer.step(frames[real[pick.to(real.device)]].unsqueeze(1) / 255)
-            obs_tokens = tokenizer_trainer.encode(frames[rows].unsqueeze(2) / 255)
-            losses = trainer.step(step, pool.pool.batch(index, obs_tokens))
-            return {**losses, **tokenizer_losses}
+            if params.tune_tokenizer:
+                rows, mask = pool.pool.rows(index)
+                real = rows[mask]
+                generator = step_generator(params.seed, step, 1)
+                pick = torch.randint(len(real), (tokenizer_local,), generator=generator).to(real.device)
+                losses |= tokenizer_trainer.step(frames[real[pick]].unsqueeze(1) / 255)
+            imagined = None
+            if imagination.enabled and step > imagination.after:
+                index = index[: len(index) - imagined_local]  # the rest of the batch is imagined
+                prompts = segments(pool.index(params.batch, params.seed + 1, step))
+                imagined = imagined_segments(
+                    trainer.model, prompts, buffer, imagination, gamma=params.gamma, count=imagined_local,
+                    generator=step_generator(params.seed, step, 2), bf16=params.precision == "bf16",
+                )  # fmt: skip
+                losses["imagined_buffer"] = torch.tensor(float(len(buffer)), device=rt.device)
+            return {**trainer.step(step, segments(index), imagined), **losses}
 
         run.loop(
             0 if saved is None else saved["step"], step, state_fn=state,

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from jowa.params_base import Section, Seed
 
@@ -143,6 +143,23 @@ class PretrainParams(WorldTrainingParams):
     """highest C51 atom"""
 
 
+class ImaginationParams(Section):
+    """Segments synthesized by beam search in the world model for the critic (spec 5.5, 6)."""
+
+    enabled: bool
+    """synthesize segments (the reference's default: off; its README's Pong command: on)"""
+    after: Annotated[int, Field(ge=0)]
+    """steps of fine-tuning before imagination starts"""
+    horizon: Annotated[int, Field(ge=1, le=7)]
+    """imagined steps at the end of each segment; the first 8 - horizon steps are a real prompt"""
+    beam_width: Positive
+    """beam search width K"""
+    imagined_batch: Positive
+    """imagined segments in each step's batch, which keeps batch - imagined_batch real segments"""
+    buffer_factor: Positive
+    """FIFO capacity of imagined segments, in multiples of the fine-tuning set's segments"""
+
+
 class FinetuneParams(WorldTrainingParams):
     tune_tokenizer: bool
     """train the tokenizer too (reference: yes); then batches are encoded from frames every step"""
@@ -152,3 +169,14 @@ class FinetuneParams(WorldTrainingParams):
     """frames per tokenizer step, drawn from the real steps of the world model's batch"""
     tokenizer_grad_clip: Annotated[float, Field(gt=0)]
     """global gradient-norm clip of the tokenizer"""
+    imagination: ImaginationParams
+    """synthesized segments for the critic"""
+
+    @model_validator(mode="after")
+    def _imagined_batch_fits(self) -> FinetuneParams:
+        if self.imagination.enabled and self.imagination.imagined_batch >= self.batch:
+            raise ValueError(
+                f"imagination.imagined_batch {self.imagination.imagined_batch} leaves no real segment "
+                f"of batch {self.batch}"
+            )
+        return self

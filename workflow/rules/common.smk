@@ -5,6 +5,8 @@
 # `params:` as one JSON string, so Snakemake's params trigger sees every value; the command turns that
 # argument back into the same typed section (`jowa.config.parse_section`) and hands its values, under
 # the same key names, to the library, which repeats no default.
+import shlex
+
 from jowa.code_inputs import code_inputs
 from jowa.config import load_params, section_json
 from jowa.data.dopamine_format import run_path
@@ -76,3 +78,13 @@ def finetune_tokens(wildcards):
     if PARAMS.finetune.tune_tokenizer:
         return []
     return tokens(f"finetune/{wildcards.quality}/{wildcards.game}")
+
+
+
+def beam_argument(wildcards):
+    """`--beam` with this job's own beam search settings (none for greedy jobs): editing another game's
+    or size's K, H or context reruns nothing here."""
+    if wildcards.planner != "beam":
+        return ""
+    settings = section_json(PARAMS.planning.settings(wildcards.size, wildcards.game))
+    return f"--beam {shlex.quote(settings)}"

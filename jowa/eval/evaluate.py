@@ -1,0 +1,207 @@
+"""`jowa evaluate`: play one model on one game, every episode at once, and write the returns as JSON.
+
+All episodes advance together: each agent step encodes the frames of every unfinished episode in one
+tokenizer call and chooses their actions in one planner call (beam search batched over episodes x beam
+candidates, or greedy), then steps each environment. A finished episode leaves the batch. With
+probability `epsilon` an episode takes a uniformly random valid action instead (the reference's 0.001).
+
+The score of an episode is the sum of its raw game rewards, the final step's included; the reference
+updates its done mask before adding the last reward and so drops it (spec 7.1). The output records
+every setting, the checkpoint's hash, wall time and environment steps per second.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from jowa import games
+from jowa.atomic import atomic_file
+from jowa.checkpoints import load_model
+from jowa.config import argument_type, params_help, parse_section
+from jowa.eval.env import get_protocol, make_env
+from jowa.eval.mcts import mcts
+from jowa.eval.params import EvalParams, MctsSettings, PlannerSettings, PlanningParams
+from jowa.eval.planning import Context, WorldModel, beam_search, greedy
+from jowa.params_base import Game, ParamsError
+from jowa.tokenizer_checkpoints import load_tokenizer
+from jowa.train.run import sha256_file
+
+PLANNERS = ("greedy", "beam", "mcts")
+Settings = PlannerSettings | MctsSettings | None  # greedy has none
+
+
+def configure_parser(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--params", required=True, help=params_help(EvalParams, "eval"))
+    parser.add_argument("--model", type=Path, required=True, help="a JOWA .safetensors (ours or imported)")
+    parser.add_argument("--tokenizer", type=Path, required=True, help="its tokenizer .safetensors")
+    parser.add_argument("--game", type=argument_type(Game, "game"), required=True, help="the game to play")
+    parser.add_argument(
+        "--planner", choices=PLANNERS, required=True, help="greedy (no planning), beam search or MCTS"
+    )
+    parser.add_argument(
+        "--beam", help="with --planner beam: its settings as JSON (beam_width, horizon, context), or a "
+        "params file whose planning section gives them for --size and --game",
+    )  # fmt: skip
+    parser.add_argument(
+        "--mcts", help="with --planner mcts: its settings as JSON, or a params file (planning.mcts)"
+    )
+    parser.add_argument(
+        "--size", help="the model's size name (recorded; picks --beam's settings from a file)"
+    )
+    parser.add_argument("--out", type=Path, required=True, help="the result JSON")
+    parser.add_argument("--video", type=Path, help="also write episode 0 as an mp4")
+    parser.add_argument("--device", help="torch device (default: the GPU if any, else the CPU)")
+
+
+class Episodes:
+    """The environments, contexts and running totals of every episode of one evaluation."""
+
+    def __init__(self, game: str, params: EvalParams, context: int) -> None:
+        self.envs = [
+            make_env(game, params.protocol, seed=params.seed + i, max_steps=params.max_steps)
+            for i in range(params.episodes)
+        ]
+        self.frames = [env.reset(seed=params.seed + i)[0] for i, env in enumerate(self.envs)]
+        self.contexts = [Context(context) for _ in self.envs]
+        self.returns = [0.0] * len(self.envs)
+        self.lengths = [0] * len(self.envs)
+        self.truncated = [False] * len(self.envs)
+        self.active = list(range(len(self.envs)))
+
+    def step(self, index: int, action: int) -> None:
+        self.contexts[index].act(action)
+        frame, reward, terminated, truncated, _ = self.envs[index].step(action)
+        self.returns[index] += float(reward)
+        self.lengths[index] += 1
+        self.frames[index] = frame
+        if terminated or truncated:
+            self.truncated[index] = bool(truncated and not terminated)
+            self.active.remove(index)
+
+
+def choose(
+    world: WorldModel, tokens: torch.Tensor, tasks: torch.Tensor, settings: Settings, gamma: float
+) -> torch.Tensor:
+    """Greedy actions without `settings`, else the planner's they are settings of."""
+    if settings is None:
+        return greedy(world, tokens, tasks)
+    if isinstance(settings, MctsSettings):
+        return mcts(world, tokens, tasks, simulations=settings.simulations, horizon=settings.horizon,
+                    temperature=settings.temperature, gamma=gamma)  # fmt: skip
+    return beam_search(
+        world, tokens, tasks, width=settings.beam_width, horizon=settings.horizon, gamma=gamma
+    ).first_actions
+
+
+def play(
+    world: WorldModel, tokenizer: Any, game: str, params: EvalParams, settings: Settings, progress: bool,
+    video: list[np.ndarray] | None = None,
+) -> Episodes:  # fmt: skip
+    """Every episode to its end, greedy without planner `settings`; `video` collects episode 0's frames."""
+    context = params.greedy_context if settings is None else settings.context
+    steps = context if settings is None else min(context, 8 - settings.horizon)
+    episodes = Episodes(game, params, context)
+    task = games.task_id(game)
+    valid = np.flatnonzero(games.ACTION_MASKS[task])
+    rng = np.random.default_rng(params.seed)
+    device = world.device
+    planner = {type(None): "greedy", PlannerSettings: "beam", MctsSettings: "mcts"}[type(settings)]
+    bar = tqdm(desc=f"{game} {planner}", unit="step", disable=not progress, mininterval=2.0)
+    while episodes.active:
+        active = list(episodes.active)
+        if video is not None and 0 in active:
+            video.append(episodes.frames[0])
+        frames = torch.from_numpy(np.stack([episodes.frames[i] for i in active])).to(device)
+        with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=world.bf16):
+            tokens = tokenizer.encode(frames.unsqueeze(1).float().div_(255))
+        for row, index in enumerate(active):
+            episodes.contexts[index].observe(tokens[row])
+        # Episodes started together hold equally long contexts; grouping keeps any mix correct.
+        groups: dict[int, list[int]] = {}
+        for index in active:
+            groups.setdefault(min(steps, len(episodes.contexts[index].steps)), []).append(index)
+        for held, members in groups.items():
+            batch = torch.stack([episodes.contexts[i].tokens(held) for i in members])
+            tasks = torch.full((len(members),), task, device=device)
+            actions = choose(world, batch, tasks, settings, params.gamma).tolist()
+            for index, action in zip(members, actions, strict=True):
+                if rng.random() < params.epsilon:
+                    action = int(rng.choice(valid))
+                episodes.step(index, action)
+        bar.update(len(active))
+        bar.set_postfix(episodes_left=len(episodes.active))
+    bar.close()
+    return episodes
+
+
+def write_video(path: Path, frames: list[np.ndarray]) -> None:
+    import cv2
+
+    with atomic_file(path) as tmp:
+        mp4 = tmp.with_suffix(".mp4")  # the writer picks its format from the name
+        writer = cv2.VideoWriter(str(mp4), cv2.VideoWriter_fourcc(*"mp4v"), 15, (336, 336))
+        for frame in frames:
+            writer.write(cv2.cvtColor(cv2.resize(frame, (336, 336), interpolation=cv2.INTER_NEAREST),
+                                      cv2.COLOR_GRAY2BGR))  # fmt: skip
+        writer.release()
+        mp4.replace(tmp)
+
+
+def planner_settings(args: argparse.Namespace) -> Settings:
+    """The chosen planner's settings from --beam or --mcts (JSON, or a params file's planning section)."""
+    if args.planner == "greedy":
+        return None
+    given = getattr(args, args.planner)
+    if given is None:
+        raise ParamsError(
+            f"--planner {args.planner} needs --{args.planner} (settings as JSON, or a params file)"
+        )
+    if given.lstrip().startswith("{"):
+        kind = PlannerSettings if args.planner == "beam" else MctsSettings
+        return parse_section(given, kind, f"planning.{args.planner}")
+    planning = parse_section(given, PlanningParams, "planning")
+    return planning.settings(args.size or "", args.game) if args.planner == "beam" else planning.mcts
+
+
+def main(args: argparse.Namespace) -> None:
+    params = parse_section(args.params, EvalParams, "eval")
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    model, meta = load_model(args.model, device)
+    tokenizer, _ = load_tokenizer(args.tokenizer, device)
+    tokenizer.eval()
+    world = WorldModel(model, bf16=params.precision == "bf16")
+    settings = planner_settings(args)
+    video: list[np.ndarray] | None = [] if args.video else None
+    start = time.perf_counter()
+    episodes = play(world, tokenizer, args.game, params, settings, not args.quiet, video)
+    seconds = time.perf_counter() - start
+    env_steps = sum(episodes.lengths)
+    chosen = settings.model_dump() if settings is not None else {"context": params.greedy_context}
+    result = {
+        "game": args.game, "planner": args.planner, "size": args.size,
+        "returns": episodes.returns, "lengths": episodes.lengths, "truncated": episodes.truncated,
+        "mean_return": float(np.mean(episodes.returns)),
+        "settings": {
+            "eval": params.model_dump(mode="json"),
+            "protocol": dataclasses.asdict(get_protocol(params.protocol)),
+            "planner": chosen,
+        },
+        "model": {"path": str(args.model), "sha256": sha256_file(args.model), "meta": meta},
+        "tokenizer": {"path": str(args.tokenizer), "sha256": sha256_file(args.tokenizer)},
+        "wall_s": seconds, "env_steps": env_steps, "env_steps_per_s": env_steps / seconds,
+        "device": str(device), "torch": torch.__version__, "host": platform.node(),
+    }  # fmt: skip
+    if video is not None:
+        write_video(args.video, video)
+    with atomic_file(args.out) as tmp:
+        tmp.write_text(json.dumps(result, indent=1))

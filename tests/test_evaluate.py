@@ -1,0 +1,115 @@
+"""`jowa evaluate` end to end in real ALE games: the released-format fixture imported and played, greedy
+and with beam search, every episode at once; the JSON's returns, caps and settings."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from jowa import cli, games
+from jowa.eval.env import make_env
+from jowa.eval.evaluate import Episodes
+from jowa.eval.params import EvalParams
+
+ROOT = Path(__file__).resolve().parents[1]
+FIXTURE = ROOT / "tests" / "reference" / "tiny_fixture"
+ARCH = {"layers": 2, "heads": 2, "width": 64, "q_hidden": 32, "q_ensemble": 2}
+EVAL = {
+    "protocol": "jowa", "episodes": 3, "max_steps": 40, "seed": 0, "epsilon": 0.001, "gamma": 0.99,
+    "greedy_context": 4, "precision": "bf16",
+}  # fmt: skip
+
+
+def jowa(*args: str | Path) -> None:
+    assert cli.main(["-q", *map(str, args)]) == 0
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The tiny released-format fixture, imported with `jowa checkpoint import-reference`."""
+    root = tmp_path_factory.mktemp("reference")
+    spec = json.loads((FIXTURE / "tiny_fixture.json").read_text())
+    jowa("checkpoint", "import-reference", "--kind", "world", "--input", FIXTURE / "tiny_jowa_state.npz",
+         "--arch", json.dumps(ARCH), "--out", root / "model.safetensors")  # fmt: skip
+    jowa("checkpoint", "import-reference", "--kind", "tokenizer", "--input",
+         FIXTURE / "tiny_tokenizer_state.npz", "--tokenizer-config", json.dumps(spec["tokenizer"]),
+         "--out", root / "tokenizer.safetensors")  # fmt: skip
+    return {"model": root / "model.safetensors", "tokenizer": root / "tokenizer.safetensors"}
+
+
+def evaluate(
+    reference: dict, out: Path, game: str, planner: str, *extra: str | Path, **params: object
+) -> dict:
+    jowa("evaluate", "--params", json.dumps({**EVAL, **params}), "--model", reference["model"],
+         "--tokenizer", reference["tokenizer"], "--game", game, "--planner", planner, "--out", out,
+         *extra)  # fmt: skip
+    return json.loads(out.read_text())
+
+
+SETTINGS = {
+    "greedy": {},
+    "beam": {"beam_width": 3, "horizon": 2, "context": 8},
+    "mcts": {"simulations": 3, "horizon": 2, "temperature": 0.9, "context": 5},
+}
+
+
+@pytest.mark.parametrize("planner", ["greedy", "beam", "mcts"])
+def test_an_imported_reference_checkpoint_plays_every_episode_to_its_cap(
+    reference: dict, tmp_path: Path, planner: str
+) -> None:
+    extra = (f"--{planner}", json.dumps(SETTINGS[planner])) if SETTINGS[planner] else ()
+    result = evaluate(reference, tmp_path / "Pong.json", "Pong", planner, *extra)
+    assert result["lengths"] == [40, 40, 40] and result["truncated"] == [True, True, True]
+    assert len(result["returns"]) == 3 and result["mean_return"] == pytest.approx(np.mean(result["returns"]))
+    assert result["env_steps"] == 120 and result["env_steps_per_s"] > 0
+    assert result["settings"]["planner"] == (SETTINGS[planner] or {"context": 4})
+    assert result["settings"]["protocol"] == {"name": "jowa", "sticky_actions": 0.0, "max_steps": 108_000}
+    assert result["settings"]["eval"]["max_steps"] == 40
+    assert len(result["model"]["sha256"]) == 64
+
+
+def test_beam_settings_come_from_a_params_file_by_size_and_game(reference: dict, tmp_path: Path) -> None:
+    result = evaluate(reference, tmp_path / "SI.json", "SpaceInvaders", "beam", "--beam",
+                      ROOT / "params.yaml", "--size", "150M", episodes=1, max_steps=5)  # fmt: skip
+    assert result["settings"]["planner"] == {"beam_width": 2, "horizon": 2, "context": 2}  # the paper's
+    assert cli.main(["-q", "evaluate", "--params", json.dumps(EVAL), "--model", str(reference["model"]),
+                     "--tokenizer", str(reference["tokenizer"]), "--game", "Pong", "--planner", "beam",
+                     "--out", str(tmp_path / "x.json")]) == 1  # fmt: skip
+    assert not (tmp_path / "x.json").exists()
+
+
+def test_returns_sum_every_raw_reward_including_the_last_step() -> None:
+    """A Pong game ends on a point (reward +-1 on the final step); the reference would drop it."""
+    params = EvalParams.model_validate({**EVAL, "episodes": 1, "max_steps": 5000})
+    episodes = Episodes("Pong", params, context=4)
+    plain = make_env("Pong", "jowa", seed=0)
+    plain.reset(seed=0)
+    rng = np.random.default_rng(0)
+    rewards = []
+    while episodes.active:
+        episodes.contexts[0].observe(torch.zeros(36, dtype=torch.long))
+        action = int(rng.choice([0, 1, 3, 4, 11, 12]))
+        episodes.step(0, action)
+        rewards.append(plain.step(action)[1])
+    assert rewards[-1] in (-1.0, 1.0) and not episodes.truncated[0]
+    assert episodes.returns[0] == sum(rewards) and episodes.lengths[0] == len(rewards)
+
+
+def test_a_plain_env_has_the_full_action_set_the_planner_indexes() -> None:
+    env = make_env("Pong", "jowa", seed=0, max_steps=5)
+    assert env.action_space.n == 18 and sum(games.ACTION_MASKS[games.task_id("Pong")]) == 6
+
+
+def test_video_of_the_first_episode(reference: dict, tmp_path: Path) -> None:
+    import cv2
+
+    evaluate(reference, tmp_path / "Pong.json", "Pong", "greedy", "--video", tmp_path / "Pong.mp4",
+             episodes=2, max_steps=12)  # fmt: skip
+    video = cv2.VideoCapture(str(tmp_path / "Pong.mp4"))
+    frames = int(video.get(cv2.CAP_PROP_FRAME_COUNT))
+    ok, frame = video.read()
+    assert ok and frame.shape == (336, 336, 3) and frames == 12

@@ -1,0 +1,69 @@
+# Evaluation phase: every pretrained size on every pretraining game, greedy and with beam search, and every
+# fine-tuned model on its held-out game without planning (as the paper evaluates fine-tuning, spec 6).
+# One job plays all of a game's episodes at once on one GPU (`jowa.eval.evaluate`).
+
+EVAL_ROOT = "results/eval"
+PLANNERS = ["greedy", "beam"]
+
+
+rule evaluate_pretrained:
+    """One pretrained size on one pretraining game with one planner."""
+    input:
+        model=f"{TRAIN_ROOT}/pretrain/{{size}}/model.safetensors",
+        tokenizer=rules.train_tokenizer.output[0],
+        code=code_inputs("jowa.eval.evaluate"),
+    output:
+        f"{EVAL_ROOT}/pretrain/{{size}}/{{planner}}/{{game}}.json",
+    wildcard_constraints:
+        size="|".join(MODELS),
+        planner="|".join(PLANNERS),
+    params:
+        eval=section_json(PARAMS.eval),
+        beam=beam_argument,
+    threads: 2
+    resources:
+        gpu=1,
+    log:
+        "logs/eval/pretrain/{size}/{planner}/{game}.log",
+    benchmark:
+        "logs/benchmarks/eval/pretrain/{size}/{planner}/{game}.tsv"
+    shell:
+        "jowa evaluate --params {params.eval:q} --model {input.model:q} --tokenizer {input.tokenizer:q}"
+        " --game {wildcards.game} --planner {wildcards.planner} {params.beam} --size {wildcards.size}"
+        " --out {output:q} 2> {log:q}"
+
+
+rule evaluate_finetuned:
+    """One fine-tuned model (with its tuned tokenizer) on its held-out game, without planning."""
+    input:
+        model=f"{TRAIN_ROOT}/finetune/{{size}}/{{quality}}/{{game}}/model.safetensors",
+        tokenizer=f"{TRAIN_ROOT}/finetune/{{size}}/{{quality}}/{{game}}/tokenizer.safetensors",
+        code=code_inputs("jowa.eval.evaluate"),
+    output:
+        f"{EVAL_ROOT}/finetune/{{size}}/{{quality}}/{{game}}.json",
+    wildcard_constraints:
+        size="|".join(MODELS),
+    params:
+        eval=section_json(PARAMS.eval),
+    threads: 2
+    resources:
+        gpu=1,
+    log:
+        "logs/eval/finetune/{size}/{quality}/{game}.log",
+    benchmark:
+        "logs/benchmarks/eval/finetune/{size}/{quality}/{game}.tsv"
+    shell:
+        "jowa evaluate --params {params.eval:q} --model {input.model:q} --tokenizer {input.tokenizer:q}"
+        " --game {wildcards.game} --planner greedy --size {wildcards.size} --out {output:q} 2> {log:q}"
+
+
+rule eval_all:
+    """Phase target: every evaluation."""
+    input:
+        expand(f"{EVAL_ROOT}/pretrain/{{size}}/{{planner}}/{{game}}.json", size=MODELS, planner=PLANNERS, game=PRETRAIN),
+        expand(
+            f"{EVAL_ROOT}/finetune/{{size}}/{{quality}}/{{game}}.json",
+            size=MODELS,
+            quality=QUALITIES,
+            game=FINETUNE,
+        ),
