@@ -11,6 +11,7 @@ include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/eval.smk"
+include: "workflow/rules/report.smk"
 
 
 rule all:
@@ -19,3 +20,4 @@ rule all:
         rules.data_all.input,
         rules.train_all.input,
         rules.eval_all.input,
+        rules.report.output,

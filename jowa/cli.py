@@ -32,6 +32,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "pretrain": ("jowa.train.pretrain", "two-stage pretraining of one JOWA size on the token stores"),
     "finetune": ("jowa.train.finetune", "fine-tune a pretrained JOWA on one held-out game's set"),
     "evaluate": ("jowa.eval.evaluate", "play a JOWA on one game (greedy, beam or MCTS); returns as JSON"),
+    "report": ("jowa.report.report", "the paper's tables and figures from the evaluation results"),
     "checkpoint import-reference": (
         "jowa.import_reference",
         "convert a reference-layout JOWA or tokenizer state dict to our safetensors format",

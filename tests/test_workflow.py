@@ -21,7 +21,11 @@ ROOT = Path(__file__).resolve().parents[1]
 WORKFLOW_FILES = ("Snakefile", "params.yaml", "workflow", "config", "profiles")
 RAW_RULES = {"generate", "download"}  # raw data: never rerun for code, so no code inputs
 TRAIN_JOBS = {"train_tokenizer": 1, "tokenize": 2, "pretrain": 2, "finetune": 6}  # smoke: 2 sizes, 3 sets
-EVAL_JOBS = {"evaluate_pretrained": 2 * 2 * 2, "evaluate_finetuned": 6}  # sizes x planners x games; sets
+EVAL_JOBS = {
+    "evaluate_pretrained": 2 * 2 * 2,
+    "evaluate_finetuned": 6,
+    "report": 1,
+}  # sizes x planners x games
 STORE_JOBS = {"subsample": 2, "finetune_set": 3, **TRAIN_JOBS, **EVAL_JOBS, "all": 1}  # a store and after
 
 
@@ -73,6 +77,7 @@ def test_dry_run_plans_the_paper_data_training_and_evaluation_phases(tmp_path: P
         "finetune": 3 * 5 * 3,  # sizes x held-out games x qualities
         "evaluate_pretrained": 3 * 2 * 15,  # sizes x planners x games
         "evaluate_finetuned": 3 * 5 * 3,
+        "report": 1,
         "all": 1,
     }  # fmt: skip
 
@@ -165,6 +170,16 @@ def test_local_pipeline_runs_end_to_end_and_reruns_only_what_changed(tmp_path: P
                     (cwd / "results/eval/pretrain" / size / planner / f"{game}.json").read_text()
                 )
                 assert len(result["returns"]) == smoke["eval"]["episodes"] and result["size"] == size
+    metrics = json.loads((cwd / "results/metrics.json").read_text())
+    assert set(metrics["pretrain_iqm_hns"]) == {
+        f"{s}/{p}" for s in smoke["models"] for p in ("greedy", "beam")
+    }
+    table = (cwd / "results/report/pretrain_scores.md").read_text().splitlines()
+    pong = next(line for line in table if line.startswith("| Pong |")).split(" | ")
+    assert "not run" not in pong[1:5] and "not run" in pong[5:]  # ours; the paper never pretrained on Pong
+    assert (cwd / "results/report/scaling.png").stat().st_size > 0
+    snakemake(cwd, "--configfile", "config/smoke.yaml", "--report", "report.html")  # figures with captions
+    assert "scaling.png" in (cwd / "report.html").read_text(errors="replace")
     assert not list((cwd / "results").rglob(".*tmp*"))  # no staging left behind
     raw = cwd / "resources/generated"
     for path in [raw / "manifests/Pong/1.tsv", raw / "dqn-replay/Pong/1/replay_logs"]:
@@ -184,10 +199,14 @@ def test_local_pipeline_runs_end_to_end_and_reruns_only_what_changed(tmp_path: P
             "models/world_action.py",
             {"pretrain": 2, "finetune": 6, **EVAL_JOBS, "all": 1},
         ),  # not the tokenizer's
-        ("train/finetune.py", {"finetune": 6, "evaluate_finetuned": 6, "all": 1}),
-        ("data/finetune_set.py", {"finetune_set": 3, "finetune": 6, "evaluate_finetuned": 6, "all": 1}),
+        ("train/finetune.py", {"finetune": 6, "evaluate_finetuned": 6, "report": 1, "all": 1}),
+        (
+            "data/finetune_set.py",
+            {"finetune_set": 3, "finetune": 6, "evaluate_finetuned": 6, "report": 1, "all": 1},
+        ),
         ("eval/planning.py", {"finetune": 6, **EVAL_JOBS, "all": 1}),  # fine-tuning imagines with it
         ("eval/mcts.py", {**EVAL_JOBS, "all": 1}),
+        ("report/figures.py", {"report": 1, "all": 1}),
         ("data/subsample.py", STORE_JOBS),
         ("atomic.py", STORE_JOBS),
     ]:
@@ -206,7 +225,7 @@ def test_local_pipeline_runs_end_to_end_and_reruns_only_what_changed(tmp_path: P
     smoke["subsample"]["seed"], smoke["finetune_data"]["qualities"]["expert"] = 0, [0.6, 1.0]
     smoke["finetune"]["steps"] = 30
     (cwd / "config" / "smoke.yaml").write_text(yaml.safe_dump(smoke))
-    assert plan() == {"finetune": 6, "evaluate_finetuned": 6, "all": 1}
+    assert plan() == {"finetune": 6, "evaluate_finetuned": 6, "report": 1, "all": 1}
     smoke["models"]["tiny-s"]["q_hidden"] = 48  # one size's architecture: its pretraining and fine-tuning
     (cwd / "config" / "smoke.yaml").write_text(yaml.safe_dump(smoke))
     assert plan() == {
@@ -214,12 +233,13 @@ def test_local_pipeline_runs_end_to_end_and_reruns_only_what_changed(tmp_path: P
         "finetune": 6,
         "evaluate_pretrained": 4,
         "evaluate_finetuned": 6,
+        "report": 1,
         "all": 1,
     }
     smoke["finetune"]["steps"], smoke["models"]["tiny-s"]["q_hidden"] = 20, 32
     smoke["planning"]["default"]["beam_width"] = 3  # beam search settings: the beam jobs only
     (cwd / "config" / "smoke.yaml").write_text(yaml.safe_dump(smoke))
-    assert plan() == {"evaluate_pretrained": 4, "all": 1}
+    assert plan() == {"evaluate_pretrained": 4, "report": 1, "all": 1}
 
 
 def test_lint_finds_nothing_but_the_accepted_conda_note(tmp_path: Path) -> None:
