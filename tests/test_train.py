@@ -69,6 +69,8 @@ FINETUNE = {
     "tokenizer_lr": 1e-3, "tokenizer_batch": 8, "tokenizer_grad_clip": 1.0, "checkpoint_every": 3,
     "log_every": 3, "imagination": {"enabled": True, "after": 3, "horizon": 2, "beam_width": 2,
                                     "imagined_batch": 4, "buffer_factor": 1},
+    "selection": {"rule": "final", "every": 3, "episodes": 1, "max_steps": 12, "protocol": "jowa",
+                  "context": 4},
 }  # fmt: skip
 
 
@@ -348,6 +350,31 @@ def test_fine_tuning_trains_model_and_tokenizer_on_the_held_out_set(data: dict, 
     )
     kept, _ = load_tokenizer(out / "tokenizer.safetensors")
     assert torch.equal(kept.embedding.weight, original.embedding.weight)
+
+
+def test_the_reference_pick_by_test_return_is_an_option_labeled_as_such(data: dict, tmp_path: Path) -> None:
+    pretrained = tmp_path / "pretrain" / "model.safetensors"
+    jowa(*pretrain_args(data, pretrained, steps=4, critic_after=2))
+    outputs = {}
+    for rule in ("final", "best_test_return"):
+        out = tmp_path / rule
+        params = {**FINETUNE, "tune_tokenizer": False,
+                  "imagination": {**FINETUNE["imagination"], "enabled": False},
+                  "selection": {**FINETUNE["selection"], "rule": rule}}  # fmt: skip
+        jowa("finetune", "--params", json.dumps(params), "--model", pretrained,
+             "--tokenizer", data["tokenizer"], "--store", data["stores"][1], "--tokens", data["tokens"][1],
+             "--out", out / "model.safetensors", "--out-tokenizer", out / "tokenizer.safetensors",
+             "--run-dir", out / "run")  # fmt: skip
+        outputs[rule] = load_model(out / "model.safetensors")
+    final, final_meta = outputs["final"]
+    picked, meta = outputs["best_test_return"]
+    assert final_meta["selection"] == {"rule": "final"}
+    chosen = meta["selection"]
+    assert chosen["rule"] == "best_test_return (selected on test episodes)" and chosen["step"] in (3, 6)
+    logged = [line for line in metrics(tmp_path / "best_test_return" / "run") if "selection_return" in line]
+    assert [line["step"] for line in logged] == [3, 6]  # evaluated every 3 steps and at the end
+    same = all(torch.equal(picked.state_dict()[k], v) for k, v in final.state_dict().items())
+    assert same == (chosen["step"] == 6)  # the last evaluation's weights are the final ones
 
 
 def test_imagined_segments_enter_the_critic_losses_only(data: dict) -> None:

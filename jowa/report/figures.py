@@ -30,11 +30,11 @@ from matplotlib.transforms import offset_copy  # noqa: E402
 from rliable import library as rly  # noqa: E402
 
 from jowa.atomic import atomic_file  # noqa: E402
+from jowa.report.tables import NOT_RUN  # noqa: E402
 
 # Embedding TrueType subsets logs every pruned table at INFO, which drowns a CLI's own INFO output.
 logging.getLogger("fontTools").setLevel(logging.WARNING)
 
-NOT_RUN = "not run"
 DPI = 200
 SINGLE = (3.4, 2.8)  # single-column figure, inches
 FULL_WIDTH = 7.0

@@ -12,10 +12,11 @@ Phoenix's action mask) and not at evaluation (spec gotcha 13); with one id throu
 that is fine-tuned is the one evaluated, and the game's own action mask selects TD targets.
 
 The result is the final checkpoint. The reference instead keeps the checkpoint with the best test return
-(>= 0.8 x the best so far, 180 s evaluations; gotcha 23), a selection on test episodes that we do not
-make by default (it needs evaluation during training; not implemented). With `imagination.enabled`,
-after `imagination.after` steps `imagination.imagined_batch` of each step's segments are imagined
-(`jowa.train.imagination`) and feed the critic losses only (`WorldTrainer.step(..., imagined=...)`).
+(>= 0.8 x the best so far; gotcha 23), a selection on test episodes: `finetune.selection.rule:
+best_test_return` does that (`jowa.train.selection`) and says so in the checkpoint's metadata.
+With `imagination.enabled`, after `imagination.after` steps `imagination.imagined_batch` of each step's
+segments are imagined (`jowa.train.imagination`) and feed the critic losses only
+(`WorldTrainer.step(..., imagined=...)`).
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from jowa.train.params import FinetuneParams
 from jowa.train.run import TrainingRun, file_identity, sha256_file, step_generator
 from jowa.train.runtime import runtime
 from jowa.train.segments import DevicePool
+from jowa.train.selection import Selection
 from jowa.train.tokenize import load_tokens
 from jowa.train.tokenizer_step import TokenizerTrainer
 from jowa.train.world_step import Stage, WorldTrainer
@@ -97,14 +99,18 @@ def main(args: argparse.Namespace) -> None:
         imagined_local = rt.share(imagination.imagined_batch, None, "finetune.imagination")[0]
         buffer = ImaginedBuffer(imagination.buffer_factor * len(pool))
 
+        selection = Selection(params.selection, store.meta["game"], params.precision)
+
         def state() -> dict:
-            return {**trainer.state_dict(), **tokenizer_trainer.state_dict(), "imagined": buffer.state_dict()}
+            return {**trainer.state_dict(), **tokenizer_trainer.state_dict(), "imagined": buffer.state_dict(),
+                    "selection": selection.state_dict()}  # fmt: skip
 
         saved = run.resume()
         if saved is not None:
             trainer.load_state_dict(saved)
             tokenizer_trainer.load_state_dict(saved)
             buffer.load_state_dict(saved["imagined"])
+            selection.load_state_dict(saved["selection"])
         run.say(f"{len(pool)} segments of {store.meta['game']}, {local} per rank per step on {rt.device}")
 
         def segments(index: torch.Tensor) -> Batch:
@@ -132,19 +138,24 @@ def main(args: argparse.Namespace) -> None:
                     generator=step_generator(params.seed, step, 2), bf16=params.precision == "bf16",
                 )  # fmt: skip
                 losses["imagined_buffer"] = torch.tensor(float(len(buffer)), device=rt.device)
-            return {**trainer.step(step, segments(index), imagined), **losses}
+            losses |= trainer.step(step, segments(index), imagined)
+            if selection.due(step, params.steps):  # the same episodes on every rank: no gathering needed
+                mean = selection.evaluate(step, trainer.model, tokenizer_trainer.tokenizer)
+                losses["selection_return"] = torch.tensor(mean, device=rt.device)
+            return losses
 
         run.loop(
             0 if saved is None else saved["step"], step, state_fn=state,
             info_fn=lambda step: {"stage": "finetune", **trainer.learning_rates()},
             samples_per_step=params.batch, tokens_per_step=params.batch * model.config.max_tokens,
         )  # fmt: skip
+        chosen = selection.apply(trainer.model, tokenizer_trainer.tokenizer)
         if rt.is_main:
             meta = {
                 "phase": "finetune", "game": store.meta["game"], "task_id": store.meta["task_id"],
                 "quality": store.meta.get("quality"), "steps": params.steps,
                 "params": params.model_dump(mode="json"), "pretrained_sha256": sha256_file(args.model),
-                "pretrained": pretrained_meta,
+                "pretrained": pretrained_meta, "selection": chosen,
             }  # fmt: skip
             save_model(args.out, trainer.model.cpu(), model.config, meta)
             save_tokenizer(args.out_tokenizer, tokenizer_trainer.tokenizer.cpu(), {"finetuned": meta})

@@ -160,6 +160,24 @@ class ImaginationParams(Section):
     """FIFO capacity of imagined segments, in multiples of the fine-tuning set's segments"""
 
 
+class SelectionParams(Section):
+    """Which checkpoint is fine-tuning's result (gotcha 23)."""
+
+    rule: Literal["final", "best_test_return"]
+    """final: the last weights; best_test_return: the reference's rule, a selection on test episodes
+    (keep the weights whenever the evaluation return is >= 0.8 x the best so far)"""
+    every: Positive
+    """steps between evaluations (best_test_return only)"""
+    episodes: Positive
+    """greedy evaluation episodes per evaluation"""
+    max_steps: Positive | None
+    """agent steps after which an evaluation episode is cut; null: the protocol's cap"""
+    protocol: Literal["jowa", "standard"]
+    """environment protocol of the evaluations"""
+    context: Annotated[int, Field(ge=1, le=8)]
+    """steps of history of the greedy agent"""
+
+
 class FinetuneParams(WorldTrainingParams):
     tune_tokenizer: bool
     """train the tokenizer too (reference: yes); then batches are encoded from frames every step"""
@@ -171,6 +189,8 @@ class FinetuneParams(WorldTrainingParams):
     """global gradient-norm clip of the tokenizer"""
     imagination: ImaginationParams
     """synthesized segments for the critic"""
+    selection: SelectionParams
+    """which checkpoint is the result"""
 
     @model_validator(mode="after")
     def _imagined_batch_fits(self) -> FinetuneParams:

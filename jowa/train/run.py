@@ -74,20 +74,21 @@ def _digest(tensors: Mapping[str, torch.Tensor]) -> str:
 
 
 class MetricSums:
-    """Per-step tensors summed on the device, read back once per logging step (no sync every step)."""
+    """Per-step tensors summed on the device, read back once per logging step (no sync every step).
+
+    Each value is averaged over the steps that reported it (an evaluation return is logged as is)."""
 
     def __init__(self) -> None:
         self.sums: dict[str, torch.Tensor] = {}
-        self.steps = 0
-        self.first_bad: tuple[int, str] | None = None
+        self.counts: dict[str, int] = {}
         self._bad: list[tuple[int, str, torch.Tensor]] = []
 
     def add(self, step: int, values: Mapping[str, torch.Tensor]) -> None:
         for name, value in values.items():
             value = value.detach().float()
             self.sums[name] = self.sums[name] + value if name in self.sums else value
+            self.counts[name] = self.counts.get(name, 0) + 1
             self._bad.append((step, name, ~torch.isfinite(value)))
-        self.steps += 1
 
     def check(self) -> None:
         """Raise TrainingDiverged naming the first step whose loss or gradient norm was not finite."""
@@ -101,8 +102,10 @@ class MetricSums:
     def means(self) -> dict[str, float]:
         self.check()
         names = list(self.sums)
-        values = torch.stack([self.sums[name] for name in names]).cpu() / max(self.steps, 1)
-        self.sums, self.steps = {}, 0
+        if not names:
+            return {}
+        values = torch.stack([self.sums[name] / self.counts[name] for name in names]).cpu()
+        self.sums, self.counts = {}, {}
         return dict(zip(names, values.tolist(), strict=True))
 
 
