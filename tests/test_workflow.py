@@ -205,7 +205,7 @@ def test_local_pipeline_runs_end_to_end_and_reruns_only_what_changed(tmp_path: P
             {"finetune_set": 3, "finetune": 6, "evaluate_finetuned": 6, "report": 1, "all": 1},
         ),
         ("eval/planning.py", {"finetune": 6, **EVAL_JOBS, "all": 1}),  # fine-tuning imagines with it
-        ("eval/mcts.py", {**EVAL_JOBS, "all": 1}),
+        ("eval/mcts.py", {"finetune": 6, **EVAL_JOBS, "all": 1}),  # via the selection option
         ("report/figures.py", {"report": 1, "all": 1}),
         ("data/subsample.py", STORE_JOBS),
         ("atomic.py", STORE_JOBS),
