@@ -123,7 +123,9 @@ def play(
             video.append(episodes.frames[0])
         frames = torch.from_numpy(np.stack([episodes.frames[i] for i in active])).to(device)
         with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=world.bf16):
-            tokens = tokenizer.encode(frames.unsqueeze(1).float().div_(255))
+            # Contexts are kept on the host: assembling them there is a few cheap copies, where on a GPU
+            # it would be dozens of tiny kernels per step; each batch then moves in one transfer.
+            tokens = tokenizer.encode(frames.unsqueeze(1).float().div_(255)).cpu()
         for row, index in enumerate(active):
             episodes.contexts[index].observe(tokens[row])
         # Episodes started together hold equally long contexts; grouping keeps any mix correct.
@@ -131,7 +133,7 @@ def play(
         for index in active:
             groups.setdefault(min(steps, len(episodes.contexts[index].steps)), []).append(index)
         for held, members in groups.items():
-            batch = torch.stack([episodes.contexts[i].tokens(held) for i in members])
+            batch = torch.stack([episodes.contexts[i].tokens(held) for i in members]).to(device)
             tasks = torch.full((len(members),), task, device=device)
             actions = choose(world, batch, tasks, settings, params.gamma).tolist()
             for index, action in zip(members, actions, strict=True):
