@@ -210,10 +210,10 @@ class Report:
     def metrics(self) -> dict[str, Any]:
         pretrain = {f"{s}/{p}": self._aggregate(s, p) for s in self.sizes for p in PLANNERS}
         finetune = {}
-        for r in self.results:
-            found = {g: x.mean for g, x in self.ours("finetune", r.size, r.setting).items()}
-            if r.phase == "finetune" and found:
-                finetune[f"{r.size}/{r.setting}"] = aggregate(found, kind="dqn").iqm_paper
+        for size, quality in sorted({(r.size, r.setting) for r in self.results if r.phase == "finetune"}):
+            found = {g: x.mean for g, x in self.ours("finetune", size, quality).items()}
+            if found:
+                finetune[f"{size}/{quality}"] = aggregate(found, kind="dqn").iqm_paper
         return {
             "pretrain_iqm_hns": {k: a.iqm_paper for k, a in pretrain.items() if a},
             "pretrain_iqm_hns_rliable": {k: a.iqm_rliable for k, a in pretrain.items() if a},

@@ -13,7 +13,7 @@ package (`reference_scores.json`, a copy of `tests/reference/`). Two IQMs, both 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from functools import cache
 from importlib import resources
 from typing import Any, Literal
@@ -54,9 +54,6 @@ class Aggregates:
     above_reference: int  # games whose normalized mean exceeds 1 (above human, or above DQN)
     iqm_rliable: float | None  # IQM over runs x games; None without per-run scores
     iqm_ci: tuple[float, float] | None  # its 95 % stratified bootstrap interval
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def aggregate(

@@ -41,12 +41,8 @@ def split(batch: Batch, parts: int) -> list[Batch]:
 
 
 def concat(first: Batch, second: Batch) -> Batch:
-    fields = batch_fields(first)
+    fields = first.__dataclass_fields__
     return Batch(**{name: torch.cat([getattr(first, name), getattr(second, name)]) for name in fields})
-
-
-def batch_fields(batch: Batch) -> tuple[str, ...]:
-    return tuple(batch.__dataclass_fields__)
 
 
 def _real_rows(output: JOWAOutput, rows: int) -> JOWAOutput:
