@@ -20,6 +20,7 @@ from typing import Annotated, Any, TypeVar
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
+from jowa.data.sources import missing_games
 from jowa.eval.params import EvalParams, PlanningParams
 from jowa.params_base import (
     GENERATE,
@@ -62,10 +63,11 @@ class GenerateParams(Section):
 
 class DataParams(Section):
     source: Source
-    """where runs come from: a gs:// URL prefix, a local mirror directory holding
-    {Game}/{run}/replay_logs/, or "generate" to play the games with ale-py in the same layout"""
+    """where runs come from: gs://atari-replay-datasets/dqn (DQN-Replay) or a local mirror holding
+    {Game}/{run}/replay_logs/; gs://rl_unplugged/atari_episodes_ordered (RL Unplugged) or a local mirror
+    holding {Game}/run_{run}-NNNNN-of-MMMMM; or "generate" to play the games with ale-py"""
     runs: Annotated[tuple[RunId, ...], Field(min_length=1, json_schema_extra=UNIQUE), AfterValidator(unique)]
-    """DQN-Replay run ids to fetch per game"""
+    """run ids the subsampling and fine-tuning draws pick from; only the picked runs are fetched"""
     generate: GenerateParams
     """how runs are played when source is "generate" (ignored otherwise)"""
 
@@ -160,6 +162,13 @@ def _cross_section_errors(params: Params) -> list[str]:
     both = set(params.games.pretrain) & set(params.games.finetune)
     if both:
         errors.append(f"games: {sorted(both)} are both pretraining and held-out games")
+    unpublished = missing_games(params.data.source, [*params.games.pretrain, *params.games.finetune])
+    if unpublished:
+        errors.append(
+            f"data.source: {params.data.source} does not publish {', '.join(unpublished)}; drop "
+            f"{'it' if len(unpublished) == 1 else 'them'} from games.pretrain / games.finetune, or use "
+            "another source (a DQN-Replay mirror, or `generate`)"
+        )
     for name in ("subsample", "finetune_data"):
         asked, listed = getattr(params, name).runs_per_game, len(params.data.runs)
         if asked > listed:

@@ -72,7 +72,8 @@ def planned_jobs(output: str) -> list[tuple[str, list[str], str]]:
 def test_dry_run_plans_the_paper_data_training_and_evaluation_phases(tmp_path: Path) -> None:
     output = snakemake(workdir(tmp_path), "-n", "--forceall", "--quiet", "rules")
     assert job_counts(output) == {
-        "download": 20 * 5, "subsample": 15, "finetune_set": 5 * 3,
+        "download": 15 * 2 + 5 * 1,  # only the picked runs: 2 per pretraining game, 1 per held-out game
+        "subsample": 15, "finetune_set": 5 * 3,
         "train_tokenizer": 1, "tokenize": 15, "pretrain": 3,
         "finetune": 3 * 5 * 3,  # sizes x held-out games x qualities
         "evaluate_pretrained": 3 * 2 * 15,  # sizes x planners x games
@@ -80,6 +81,24 @@ def test_dry_run_plans_the_paper_data_training_and_evaluation_phases(tmp_path: P
         "report": 1,
         "all": 1,
     }  # fmt: skip
+
+
+def test_rl_unplugged_source_plans_its_layout_and_refuses_unpublished_games(tmp_path: Path) -> None:
+    cwd = workdir(tmp_path)
+    params = yaml.safe_load((cwd / "params.yaml").read_text())
+    params["data"]["source"] = "gs://rl_unplugged/atari_episodes_ordered"
+    (cwd / "rlu.yaml").write_text(yaml.safe_dump(params))
+    refused = snakemake(cwd, "-n", "--configfile", "rlu.yaml", check=False)
+    assert "data.source: gs://rl_unplugged/atari_episodes_ordered does not publish Berzerk" in refused
+    assert "drop it from games.pretrain" in refused and "Job stats" not in refused
+
+    params["games"]["pretrain"].remove("Berzerk")
+    (cwd / "rlu.yaml").write_text(yaml.safe_dump(params))
+    plan = snakemake(cwd, "data_all", "-n", "--forceall", "--printshellcmds", "--configfile", "rlu.yaml")
+    downloads = [shell for rule, _, shell in planned_jobs(plan) if rule == "download"]
+    assert len(downloads) == 14 * 2 + 5
+    assert any("--out resources/rl-unplugged/episodes/Pong/" in shell for shell in downloads)
+    assert all("replay_logs" not in shell for shell in downloads)
 
 
 def test_a_configfile_replaces_params_yaml_whole(tmp_path: Path) -> None:

@@ -25,6 +25,9 @@ from jowa.config import Source, add_run_arguments, argument_type
 from jowa.data import gsutil
 from jowa.data.dopamine_format import ReplayFormatError, parse_checkpoint_filename, run_path
 from jowa.data.manifest import file_sizes, manifest_rows, read_manifest, write_manifest_rows
+from jowa.data.rlu_format import num_shards, parse_shard_filename
+from jowa.data.rlu_run import check_shard_set, shard_problems
+from jowa.data.sources import RLU_GAMES, RLU_PREFIX, Layout, source_layout
 from jowa.data.verify import check_file_set, file_problems, join_problems
 from jowa.errors import JowaError
 
@@ -32,12 +35,21 @@ __all__ = ["DownloadError", "configure_parser", "download_run", "main", "staging
 
 DQN_REPLAY_BUCKET = "gs://atari-replay-datasets"
 #: The layout a mirror must have, as users write it in params.yaml.
-MIRROR_LAYOUT = run_path("{Game}", "{run}") + "/"
+MIRROR_LAYOUT = {
+    "dqn-replay": run_path("{Game}", "{run}") + "/",
+    "rl-unplugged": "{Game}/run_{run}-NNNNN-of-MMMMM",
+}
 WAYS_FORWARD = (
-    f"Ways forward: (1) set `data.source` in params.yaml to a local mirror directory that has "
-    f"{MIRROR_LAYOUT} (for example a copy downloaded before 2025); or (2) set "
-    "`data.source: generate` to play the games with ale-py and write data in the same layout."
+    f"Ways forward: (1) set `data.source: {RLU_PREFIX}` in params.yaml: RL Unplugged publishes the same "
+    "agents' runs (all games of the paper but Berzerk); (2) set `data.source` to a local mirror directory "
+    f"that has {MIRROR_LAYOUT['dqn-replay']} (for example a copy downloaded before 2025) or "
+    f"{MIRROR_LAYOUT['rl-unplugged']}; or (3) set `data.source: generate` to play the games with ale-py and "
+    "write data in the DQN-Replay layout."
 )
+_WHAT = {
+    "dqn-replay": "DQN-Replay files (named like add_count_ckpt.0.gz)",
+    "rl-unplugged": "RL Unplugged shards",
+}
 
 _WILDCARD_RE = re.compile(r"[*?\[\]]")
 
@@ -48,11 +60,13 @@ class DownloadError(JowaError, RuntimeError):
 
 @dataclass(frozen=True)
 class _Source:
-    """Where one run's `replay_logs/` lives: a gs:// URL or a local directory."""
+    """Where one run's files live: a gs:// URL or a local directory, and how they are laid out."""
 
-    location: str  # gs:// URL or absolute local path of the run's replay_logs directory (no trailing /)
+    location: str  # gs:// URL or absolute local path of the directory holding the run (no trailing /)
     root: str  # what the user gave as `source`, for messages
     remote: bool
+    layout: Layout
+    run: int
 
     @property
     def bucket(self) -> str:
@@ -105,17 +119,24 @@ def staging_dir(dest: Path) -> Path:
 def _resolve_source(source: str, game: str, run: int) -> _Source:
     """Turn the configured source into the run's location; local paths become absolute for gsutil."""
     source = str(source)
+    layout = source_layout(source)
+    if layout == "rl-unplugged" and game not in RLU_GAMES:
+        raise DownloadError(
+            f"{source} does not publish {game} (RL Unplugged has 46 games, not Berzerk among them): drop it "
+            f"from games.pretrain / games.finetune, or use another source for it. {WAYS_FORWARD}"
+        )
+    subpath = run_path(game, run) if layout == "dqn-replay" else game
     if source.startswith("gs://"):
-        return _Source(f"{source.rstrip('/')}/{run_path(game, run)}", source, remote=True)
+        return _Source(f"{source.rstrip('/')}/{subpath}", source, remote=True, layout=layout, run=run)
     if source.startswith("file://"):
         source = source[len("file://") :]
     elif "://" in source:
         raise DownloadError(f"unsupported data source {source!r}: expected a gs:// URL or a local directory")
     root = Path(source).expanduser().absolute()
-    location = str(root / run_path(game, run))
+    location = str(root / subpath)
     if _WILDCARD_RE.search(location):  # gsutil would expand these as wildcards in local paths too
         raise DownloadError(f"local mirror path {location} contains one of * ? [ ], which gsutil cannot copy")
-    return _Source(location, str(root), remote=False)
+    return _Source(location, str(root), remote=False, layout=layout, run=run)
 
 
 def _require_local_run(src: _Source) -> None:
@@ -128,20 +149,22 @@ def _require_local_run(src: _Source) -> None:
         return
     raise DownloadError(
         f"local mirror has no run at {location}: {missing} does not exist (or is not a directory). "
-        f"A mirror must have {MIRROR_LAYOUT} under {root}."
+        f"A mirror must have {MIRROR_LAYOUT[src.layout]} under {root}."
     )
 
 
-def _replay_files(sizes: dict[str, int]) -> dict[str, int]:
-    """The entries named like DQN-Replay files; anything else next to them is not part of the run."""
+def _replay_files(sizes: dict[str, int], src: _Source) -> dict[str, int]:
+    """The run's files among the entries; anything else next to them (other runs too) is not part of it."""
+    if src.layout == "rl-unplugged":
+        return {n: size for n, size in sizes.items() if (p := parse_shard_filename(n)) and p[0] == src.run}
     return {name: size for name, size in sizes.items() if parse_checkpoint_filename(name) is not None}
 
 
 def _list_local(src: _Source) -> dict[str, int]:
     """Names and sizes of the run's replay files in a local mirror."""
-    expected = _replay_files(file_sizes(Path(src.location)))
+    expected = _replay_files(file_sizes(Path(src.location)), src)
     if not expected:
-        raise DownloadError(f"{src.location} holds no DQN-Replay files (named like add_count_ckpt.0.gz)")
+        raise DownloadError(f"{src.location} holds no {_WHAT[src.layout]} of run {src.run}")
     return expected
 
 
@@ -153,11 +176,9 @@ def _list_remote(exe: str, src: _Source) -> dict[str, int]:
         raise _unreachable(src, str(exc)) from None
     if rc != 0:
         raise _classify_failure(src, err, what=f"listing {src.location}/")
-    expected = _replay_files(objects)
+    expected = _replay_files(objects, src)
     if not expected:
-        raise DownloadError(
-            f"{src.location}/ exists but holds no DQN-Replay files (named like add_count_ckpt.0.gz)"
-        )
+        raise DownloadError(f"{src.location}/ exists but holds no {_WHAT[src.layout]} of run {src.run}")
     return expected
 
 
@@ -227,15 +248,23 @@ def _verify_staging(staging: Path, expected: dict[str, int], src: _Source) -> No
             f"gsutil reported success but the staged copy of {src.location} differs from the source: "
             f"missing {missing or 'none'}, wrong size {wrong or 'none'}; run again to resume"
         )
+    what = f"a complete {'RL Unplugged' if src.layout == 'rl-unplugged' else 'DQN-Replay'} run"
     try:
-        suffixes = check_file_set(staging)
-        problems = file_problems(staging, suffixes)
+        if src.layout == "rl-unplugged":
+            shards = check_shard_set(staging, sorted(expected))
+            if len(shards) != num_shards(Path(src.location).name):
+                raise ReplayFormatError(
+                    f"{len(shards)} shards, expected {num_shards(Path(src.location).name)}"
+                )
+            problems = shard_problems(shards)
+        else:
+            problems = file_problems(staging, check_file_set(staging))
     except ReplayFormatError as exc:
-        raise DownloadError(f"{src.location} is not a complete DQN-Replay run: {exc}") from exc
+        raise DownloadError(f"{src.location} is not {what}: {exc}") from exc
     if problems:
         for path in problems:
             _remove(path)
-        raise DownloadError(f"{src.location} is not a complete DQN-Replay run: {join_problems(problems)}")
+        raise DownloadError(f"{src.location} is not {what}: {join_problems(problems)}")
 
 
 def _publish(staging: Path, dest: Path, manifest: Path) -> None:

@@ -25,8 +25,8 @@ from tqdm import tqdm
 
 from jowa import games
 from jowa.config import Game, RunId, SubsampleParams, argument_type, params_help, parse_section
-from jowa.data.extract import extract_frames, extract_rows, files_holding
-from jowa.data.replay import Episode, RunIndex, index_run
+from jowa.data.replay import Episode
+from jowa.data.runs import Run, open_run
 from jowa.data.store import StoreWriter, write_store
 from jowa.errors import MissingInputError
 
@@ -51,21 +51,18 @@ def pick_runs(
 @dataclass(frozen=True)
 class Candidate:
     run: int
-    index: RunIndex
     episode: Episode
 
 
-def eligible_episodes(
-    indexes: dict[int, RunIndex], window: tuple[float, float] = (0.0, 1.0)
-) -> list[Candidate]:
-    """Whole episodes whose first step lies in the [start, end) fraction of their run's checkpoint files."""
+def eligible_episodes(runs: dict[int, Run], window: tuple[float, float] = (0.0, 1.0)) -> list[Candidate]:
+    """Whole episodes whose first step lies in the [start, end) fraction of their run's checkpoints."""
     lo, hi = window
     out = []
-    for run, index in sorted(indexes.items()):
-        for episode in index.whole_episodes():
-            fraction = episode.position / index.num_files
+    for run_id, run in sorted(runs.items()):
+        for episode in run.whole_episodes():
+            fraction = episode.position / run.num_checkpoints
             if lo <= fraction < hi or (hi >= 1.0 and fraction >= lo):
-                out.append(Candidate(run, index, episode))
+                out.append(Candidate(run_id, episode))
     return out
 
 
@@ -101,8 +98,8 @@ def build_store(
     `transitions_per_game` is a minimum: episodes are drawn whole until it is reached.
     """
     games.check_game(game)
-    indexes = {run: index_run(path) for run, path in sorted(replay_dirs.items())}
-    candidates = eligible_episodes(indexes, window)
+    runs = {run: open_run(path) for run, path in sorted(replay_dirs.items())}
+    candidates = eligible_episodes(runs, window)
     if not candidates:
         raise ValueError(
             f"{game}: no whole episode in runs {sorted(replay_dirs)} within checkpoint window "
@@ -116,10 +113,9 @@ def build_store(
             "%s: only %d steps of whole episodes available, %d asked for", game, total, transitions_per_game
         )
 
-    by_run = {run: [c.episode for c in chosen if c.run == run] for run in indexes}
+    by_run = {run: [c.episode for c in chosen if c.run == run] for run in runs}
     with write_store(out, total) as store:
-        actions, rewards, terminals = _copy_rows(game, by_run, indexes)
-        _copy_frames(by_run, indexes, store, progress)
+        actions, rewards, terminals = _copy_episodes(game, by_run, runs, store, progress)
         episode_starts = np.concatenate([[0], np.cumsum([c.episode.length for c in chosen])])
         meta = store.finish(
             actions=actions,
@@ -130,13 +126,14 @@ def build_store(
                 "game": game,
                 "task_id": games.task_id(game),
                 "runs": sorted(replay_dirs),
+                "source_layout": ",".join(sorted({r.layout for r in runs.values()})),
                 "seed": seed,
                 "checkpoint_window": list(window),
                 "transitions_requested": transitions_per_game,
                 "episodes_available": len(candidates),
                 "episodes_per_run": {str(r): sum(c.run == r for c in chosen) for r in sorted(replay_dirs)},
-                "truncated_skipped": sum(e.truncated for i in indexes.values() for e in i.episodes),
-                "gap_rows": {str(r): sum(b - a for a, b in i.gaps) for r, i in indexes.items()},
+                "truncated_skipped": sum(e.truncated for r in runs.values() for e in r.episodes),
+                "gap_rows": {str(i): sum(b - a for a, b in r.gaps) for i, r in runs.items()},
                 "source_manifests": {str(r): _sha256(p) for r, p in sorted(manifests.items())},
                 **(extra_meta or {}),
             },
@@ -144,46 +141,36 @@ def build_store(
     return meta
 
 
-def _copy_rows(
-    game: str, by_run: dict[int, list[Episode]], indexes: dict[int, RunIndex]
+def _copy_episodes(
+    game: str, by_run: dict[int, list[Episode]], runs: dict[int, Run], store: StoreWriter, progress: bool
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Actions mapped to the full 18-way index, rewards clipped, terminals; in store order."""
+    """Frames into the store; actions mapped to the full 18-way index, rewards clipped, terminals."""
     to_full = games.minimal_to_full(game)
-    parts = []
-    for run, index in indexes.items():
-        if not by_run[run]:
-            continue
-        rows = extract_rows(index, by_run[run])
-        bad = (rows.actions < 0) | (rows.actions >= len(to_full))
-        if bad.any():
-            raise ValueError(
-                f"{index.replay_dir}: action {int(rows.actions[bad][0])} is outside {game}'s minimal "
-                f"action set of {len(to_full)} actions: is this run really {game}?"
-            )
-        parts.append((to_full[rows.actions], np.clip(rows.rewards, -1.0, 1.0), rows.terminals))
-    return tuple(np.concatenate([p[i] for p in parts]) for i in range(3))
-
-
-def _copy_frames(
-    by_run: dict[int, list[Episode]], indexes: dict[int, RunIndex], store: StoreWriter, progress: bool
-) -> None:
-    files_to_read = sum(len(files_holding(index, by_run[run])) for run, index in indexes.items())
-    frame_bytes = 84 * 84 * max(i.capacity for i in indexes.values())
     bar = tqdm(
-        total=files_to_read * frame_bytes,
+        total=sum(run.bytes_to_read(by_run[i]) for i, run in runs.items()),
         unit="B",
         unit_scale=True,
-        desc="inflating observations",
+        desc="reading observations",
         disable=not progress,
         file=sys.stderr,
         mininterval=1.0 if sys.stderr.isatty() else 30.0,
     )
-    dest = 0
+    parts, dest = [], 0
     with bar:
-        for run, index in indexes.items():
-            extract_frames(index, by_run[run], store.write_frames, dest_start=dest, on_bytes=bar.update)
-            dest += sum(e.length for e in by_run[run])
-        bar.total = bar.n  # files are read only up to their last wanted row
+        for run_id, run in runs.items():
+            if not by_run[run_id]:
+                continue
+            rows = run.extract(by_run[run_id], store.write_frames, dest_start=dest, on_bytes=bar.update)
+            dest += len(rows.actions)
+            bad = (rows.actions < 0) | (rows.actions >= len(to_full))
+            if bad.any():
+                raise ValueError(
+                    f"{run.replay_dir}: action {int(rows.actions[bad][0])} is outside {game}'s minimal "
+                    f"action set of {len(to_full)} actions: is this run really {game}?"
+                )
+            parts.append((to_full[rows.actions], np.clip(rows.rewards, -1.0, 1.0), rows.terminals))
+        bar.total = bar.n  # a DQN-Replay file is read only up to its last wanted row
+    return tuple(np.concatenate([p[i] for p in parts]) for i in range(3))
 
 
 # ---------------------------------------------------------------------------- `jowa data subsample`

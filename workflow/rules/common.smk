@@ -10,6 +10,7 @@ import shlex
 from jowa.code_inputs import code_inputs
 from jowa.config import load_params, section_json
 from jowa.data.dopamine_format import run_path
+from jowa.data.sources import source_layout
 from jowa.data.subsample import pick_runs
 
 if workflow.config_settings.config:
@@ -35,9 +36,12 @@ FINETUNE = list(PARAMS.games.finetune)
 RUNS = list(PARAMS.data.runs)
 QUALITIES = list(PARAMS.finetune_data.qualities)
 
-# Generated data lives apart from downloaded data, so switching data.source never mixes the two.
-RAW = "resources/generated" if PARAMS.data.generated else "resources"
-REPLAY_ROOT = f"{RAW}/dqn-replay"
+# Each source's runs live apart, so switching data.source never mixes them: generated and downloaded
+# DQN-Replay runs (`{Game}/{run}/replay_logs`), RL Unplugged shards (`{Game}/{run}/run_{run}-*`).
+LAYOUT = source_layout(PARAMS.data.source)
+RAW_ROOTS = {"generate": "resources/generated", "dqn-replay": "resources", "rl-unplugged": "resources/rl-unplugged"}
+RAW = RAW_ROOTS["generate" if PARAMS.data.generated else LAYOUT]
+REPLAY_ROOT = f"{RAW}/episodes" if LAYOUT == "rl-unplugged" else f"{RAW}/dqn-replay"
 MANIFEST_ROOT = f"{RAW}/manifests"
 
 MODELS = list(PARAMS.models)
@@ -45,6 +49,10 @@ TRAIN_ROOT = "results/train"
 
 PRETRAIN_RUNS = pick_runs(PRETRAIN, RUNS, PARAMS.subsample.runs_per_game, PARAMS.subsample.seed)
 FINETUNE_RUNS = pick_runs(FINETUNE, RUNS, PARAMS.finetune_data.runs_per_game, PARAMS.finetune_data.seed)
+# Only the runs a store is built from are fetched (paper: 35 of the 100 that data.runs offers).
+USED_RUNS = sorted(
+    (game, run) for picks in (PRETRAIN_RUNS, FINETUNE_RUNS) for game, runs in picks.items() for run in runs
+)
 
 
 wildcard_constraints:
@@ -54,7 +62,7 @@ wildcard_constraints:
 
 
 def replay_dir(game, run):
-    return f"{REPLAY_ROOT}/{run_path(game, run)}"
+    return f"{REPLAY_ROOT}/{game}/{run}" if LAYOUT == "rl-unplugged" else f"{REPLAY_ROOT}/{run_path(game, run)}"
 
 
 def manifest(game, run):

@@ -81,8 +81,8 @@ rule finetune_set:
 
 
 rule data_all:
-    """Phase target: every run fetched, every pretraining store and fine-tuning set built."""
+    """Phase target: every run a store uses fetched, every pretraining store and fine-tuning set built."""
     input:
-        expand(manifest("{game}", "{run}"), game=PRETRAIN + FINETUNE, run=RUNS),
+        [manifest(game, run) for game, run in USED_RUNS],
         expand("results/data/pretrain/{game}", game=PRETRAIN),
         expand("results/data/finetune/{quality}/{game}", quality=QUALITIES, game=FINETUNE),
