@@ -23,7 +23,6 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, 
 from jowa.data.sources import missing_games
 from jowa.eval.params import EvalParams, PlanningParams
 from jowa.params_base import (
-    GENERATE,
     UNIQUE,
     Fraction,
     Game,
@@ -68,12 +67,14 @@ class DataParams(Section):
     holding {Game}/run_{run}-NNNNN-of-MMMMM; or "generate" to play the games with ale-py"""
     runs: Annotated[tuple[RunId, ...], Field(min_length=1, json_schema_extra=UNIQUE), AfterValidator(unique)]
     """run ids the subsampling and fine-tuning draws pick from; only the picked runs are fetched"""
+    game_sources: dict[Game, Source] = Field(default_factory=dict)
+    """another source for some games, as {Game: source}: e.g. Berzerk, which RL Unplugged lacks, from a
+    DQN-Replay mirror or `generate` while the other games come from data.source"""
     generate: GenerateParams
-    """how runs are played when source is "generate" (ignored otherwise)"""
+    """how runs are played when a game's source is "generate" (ignored otherwise)"""
 
-    @property
-    def generated(self) -> bool:
-        return self.source == GENERATE
+    def source_of(self, game: str) -> str:
+        return self.game_sources.get(game, self.source)
 
 
 class SubsampleParams(Section):
@@ -162,13 +163,21 @@ def _cross_section_errors(params: Params) -> list[str]:
     both = set(params.games.pretrain) & set(params.games.finetune)
     if both:
         errors.append(f"games: {sorted(both)} are both pretraining and held-out games")
-    unpublished = missing_games(params.data.source, [*params.games.pretrain, *params.games.finetune])
-    if unpublished:
-        errors.append(
-            f"data.source: {params.data.source} does not publish {', '.join(unpublished)}; drop "
-            f"{'it' if len(unpublished) == 1 else 'them'} from games.pretrain / games.finetune, or use "
-            "another source (a DQN-Replay mirror, or `generate`)"
-        )
+    played = [*params.games.pretrain, *params.games.finetune]
+    for game in sorted(set(params.data.game_sources) - set(played)):
+        errors.append(f"data.game_sources.{game}: not in games.pretrain or games.finetune")
+    by_source: dict[str, list[str]] = {}
+    for game in played:
+        by_source.setdefault(params.data.source_of(game), []).append(game)
+    for source, source_games in by_source.items():
+        unpublished = missing_games(source, source_games)
+        if unpublished:
+            errors.append(
+                f"data.source: {source} does not publish {', '.join(unpublished)}; drop "
+                f"{'it' if len(unpublished) == 1 else 'them'} from games.pretrain / games.finetune, or give "
+                f"{'it' if len(unpublished) == 1 else 'them'} another source in data.game_sources (a "
+                "DQN-Replay mirror, or `generate`)"
+            )
     for name in ("subsample", "finetune_data"):
         asked, listed = getattr(params, name).runs_per_game, len(params.data.runs)
         if asked > listed:

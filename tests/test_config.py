@@ -35,13 +35,13 @@ def paper() -> dict:
 def test_paper_and_smoke_params_are_valid() -> None:
     paper = load_params(ROOT / "params.yaml")
     assert len(paper.games.pretrain) == 15 and len(paper.games.finetune) == 5
-    assert paper.data.runs == (1, 2, 3, 4, 5) and not paper.data.generated
+    assert paper.data.runs == (1, 2, 3, 4, 5) and paper.data.source_of("Pong") != "generate"
     assert (paper.subsample.runs_per_game, paper.subsample.transitions_per_game) == (2, 10_000_000)
     assert paper.finetune_data.transitions_per_game == 5000
     assert paper.finetune_data.qualities["expert"] == (0.8, 1.0)
     assert set(paper.finetune_data.qualities) == {"expert", "suboptimal", "highly_suboptimal"}
     smoke = load_params(ROOT / "config" / "smoke.yaml")
-    assert smoke.data.generated
+    assert smoke.data.source_of("Pong") == "generate"
     assert (len(smoke.games.pretrain), len(smoke.games.finetune)) == (2, 1)
 
 

@@ -92,13 +92,24 @@ def test_rl_unplugged_source_plans_its_layout_and_refuses_unpublished_games(tmp_
     assert "data.source: gs://rl_unplugged/atari_episodes_ordered does not publish Berzerk" in refused
     assert "drop it from games.pretrain" in refused and "Job stats" not in refused
 
-    params["games"]["pretrain"].remove("Berzerk")
+    params["data"]["game_sources"] = {"Berzerk": "generate"}  # the other way forward the error offers
     (cwd / "rlu.yaml").write_text(yaml.safe_dump(params))
-    plan = snakemake(cwd, "data_all", "-n", "--forceall", "--printshellcmds", "--configfile", "rlu.yaml")
-    downloads = [shell for rule, _, shell in planned_jobs(plan) if rule == "download"]
+    plan = planned_jobs(
+        snakemake(cwd, "data_all", "-n", "--forceall", "--printshellcmds", "--configfile", "rlu.yaml")
+    )
+    downloads = [shell for rule, _, shell in plan if rule == "download"]
     assert len(downloads) == 14 * 2 + 5
-    assert any("--out resources/rl-unplugged/episodes/Pong/" in shell for shell in downloads)
-    assert all("replay_logs" not in shell for shell in downloads)
+    assert all("--source gs://rl_unplugged/atari_episodes_ordered" in shell for shell in downloads)
+    assert any("--out resources/rl-unplugged/Pong/" in shell for shell in downloads)
+    generated = [shell for rule, _, shell in plan if rule == "generate"]
+    assert len(generated) == 2 and all("--game Berzerk" in shell for shell in generated)
+    berzerk = next(inputs for rule, inputs, _ in plan if rule == "subsample" and "Berzerk" in str(inputs))
+    assert "resources/generated/dqn-replay/Berzerk/" in " ".join(berzerk)
+
+    params["data"]["game_sources"] = {"Breakout": "generate"}
+    (cwd / "rlu.yaml").write_text(yaml.safe_dump(params))
+    stray = snakemake(cwd, "-n", "--configfile", "rlu.yaml", check=False)
+    assert "data.game_sources.Breakout: not in games.pretrain or games.finetune" in stray
 
 
 def test_a_configfile_replaces_params_yaml_whole(tmp_path: Path) -> None:

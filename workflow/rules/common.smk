@@ -9,6 +9,7 @@ import shlex
 
 from jowa.code_inputs import code_inputs
 from jowa.config import load_params, section_json
+from jowa.params_base import GENERATE
 from jowa.data.dopamine_format import run_path
 from jowa.data.sources import source_layout
 from jowa.data.subsample import pick_runs
@@ -36,13 +37,14 @@ FINETUNE = list(PARAMS.games.finetune)
 RUNS = list(PARAMS.data.runs)
 QUALITIES = list(PARAMS.finetune_data.qualities)
 
-# Each source's runs live apart, so switching data.source never mixes them: generated and downloaded
-# DQN-Replay runs (`{Game}/{run}/replay_logs`), RL Unplugged shards (`{Game}/{run}/run_{run}-*`).
-LAYOUT = source_layout(PARAMS.data.source)
-RAW_ROOTS = {"generate": "resources/generated", "dqn-replay": "resources", "rl-unplugged": "resources/rl-unplugged"}
-RAW = RAW_ROOTS["generate" if PARAMS.data.generated else LAYOUT]
-REPLAY_ROOT = f"{RAW}/episodes" if LAYOUT == "rl-unplugged" else f"{RAW}/dqn-replay"
-MANIFEST_ROOT = f"{RAW}/manifests"
+# Each source's runs live apart, so switching a source never mixes them. A game's source is data.source
+# unless data.game_sources names another. Downloaded runs: resources/{layout}/{Game}/{run}/ (the layout's
+# files as its bucket names them); generated runs: DQN-Replay's own layout under resources/generated/.
+GAMES = PRETRAIN + FINETUNE
+SOURCES = {game: PARAMS.data.source_of(game) for game in GAMES}
+GENERATED = [game for game in GAMES if SOURCES[game] == GENERATE]
+DOWNLOADED = [game for game in GAMES if SOURCES[game] != GENERATE]
+LAYOUTS = {game: source_layout(SOURCES[game]) for game in DOWNLOADED}
 
 MODELS = list(PARAMS.models)
 TRAIN_ROOT = "results/train"
@@ -56,17 +58,21 @@ USED_RUNS = sorted(
 
 
 wildcard_constraints:
-    game="|".join(PRETRAIN + FINETUNE),
+    game="|".join(GAMES),
     run="|".join(str(r) for r in RUNS),
     quality="|".join(QUALITIES),
 
 
 def replay_dir(game, run):
-    return f"{REPLAY_ROOT}/{game}/{run}" if LAYOUT == "rl-unplugged" else f"{REPLAY_ROOT}/{run_path(game, run)}"
+    if game in GENERATED:
+        return f"resources/generated/dqn-replay/{run_path(game, run)}"
+    return f"resources/{LAYOUTS[game]}/{game}/{run}"
 
 
 def manifest(game, run):
-    return f"{MANIFEST_ROOT}/{game}/{run}.tsv"
+    if game in GENERATED:
+        return f"resources/generated/manifests/{game}/{run}.tsv"
+    return f"resources/manifests/{LAYOUTS[game]}/{game}/{run}.tsv"
 
 
 def quality_section(wildcards):

@@ -1,15 +1,17 @@
-# Data phase: DQN-Replay runs (downloaded or generated) -> per-game training stores.
+# Data phase: raw runs (downloaded from DQN-Replay or RL Unplugged, or generated) -> per-game training stores.
 #
 # Raw runs have no code inputs and are protected: no code change ever deletes and re-fetches them (at
 # paper scale, ~1 TB). To make them again, delete them.
 
-if PARAMS.data.generated:
+if GENERATED:
 
     rule generate:
         """Play the game with ale-py (random policy, sticky actions) and write a run in the DQN-Replay layout."""
         output:
-            replay=protected(directory(replay_dir("{game}", "{run}"))),
-            manifest=protected(manifest("{game}", "{run}")),
+            replay=protected(directory("resources/generated/dqn-replay/{game}/{run}/replay_logs")),
+            manifest=protected("resources/generated/manifests/{game}/{run}.tsv"),
+        wildcard_constraints:
+            game="|".join(GENERATED),
         params:
             generate=section_json(PARAMS.data.generate),
         log:
@@ -20,20 +22,24 @@ if PARAMS.data.generated:
             "jowa data generate --params {params.generate:q} --game {wildcards.game} --run {wildcards.run}"
             " --out {output.replay:q} --manifest {output.manifest:q} 2> {log:q}"
 
-else:
+
+if DOWNLOADED:
 
     rule download:
-        """Copy one run with gsutil (resumable) from the bucket or a local mirror; write its manifest."""
+        """Copy one run with gsutil (resumable) from its source's bucket or a local mirror; write its manifest."""
         output:
-            replay=protected(directory(replay_dir("{game}", "{run}"))),
-            manifest=protected(manifest("{game}", "{run}")),
+            replay=protected(directory("resources/{layout}/{game}/{run}")),
+            manifest=protected("resources/manifests/{layout}/{game}/{run}.tsv"),
+        wildcard_constraints:
+            game="|".join(DOWNLOADED),
+            layout="dqn-replay|rl-unplugged",
         params:
-            source=PARAMS.data.source,
+            source=lambda wc: SOURCES[wc.game],
         threads: 4
         log:
-            "logs/data/download/{game}_{run}.log",
+            "logs/data/download/{layout}/{game}_{run}.log",
         benchmark:
-            "logs/benchmarks/data/download/{game}_{run}.tsv"
+            "logs/benchmarks/data/download/{layout}/{game}_{run}.tsv"
         shell:
             "jowa data download --source {params.source:q} --game {wildcards.game} --run {wildcards.run}"
             " --out {output.replay:q} --manifest {output.manifest:q} 2> {log:q}"
