@@ -340,6 +340,6 @@ def test_existing_output_is_not_overwritten(tmp_path: Path) -> None:
     out = tmp_path / GAME / "1" / "replay_logs"
     out.mkdir(parents=True)
     (out / "keep").write_text("x")
-    with pytest.raises(OutputExistsError, match="already exists; remove it"):
+    with pytest.raises(OutputExistsError, match="already exists; delete it, or pass --overwrite"):
         play(GAME, out, 10, seed=0, progress=False)
     assert [p.name for p in out.iterdir()] == ["keep"]

@@ -24,6 +24,7 @@ import numpy as np
 from tqdm import tqdm
 
 from jowa import games
+from jowa.atomic import add_overwrite_argument, refuse_existing
 from jowa.config import Game, RunId, SubsampleParams, argument_type, params_help, parse_section
 from jowa.data.extract import extract_frames, extract_rows, files_holding
 from jowa.data.replay import Episode, RunIndex, index_run
@@ -95,10 +96,12 @@ def build_store(
     window: tuple[float, float] = (0.0, 1.0),
     extra_meta: dict[str, Any] | None = None,
     progress: bool = True,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Sample whole episodes of `game` from the given runs and write a training store at `out`, atomically.
 
-    `transitions_per_game` is a minimum: episodes are drawn whole until it is reached.
+    `transitions_per_game` is a minimum: episodes are drawn whole until it is reached. An existing
+    store is refused unless `overwrite`.
     """
     games.check_game(game)
     indexes = {run: index_run(path) for run, path in sorted(replay_dirs.items())}
@@ -117,7 +120,7 @@ def build_store(
         )
 
     by_run = {run: [c.episode for c in chosen if c.run == run] for run in indexes}
-    with write_store(out, total) as store:
+    with write_store(out, total, overwrite=overwrite) as store:
         actions, rewards, terminals = _copy_rows(game, by_run, indexes)
         _copy_frames(by_run, indexes, store, progress)
         episode_starts = np.concatenate([[0], np.cumsum([c.episode.length for c in chosen])])
@@ -211,9 +214,8 @@ def add_store_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--manifests", type=Path, nargs="+", required=True, help="each run's manifest TSV, in --runs order"
     )
-    parser.add_argument(
-        "--out", type=Path, required=True, help="the store directory to create (replaced if there)"
-    )
+    parser.add_argument("--out", type=Path, required=True, help="the store directory to create")
+    add_overwrite_argument(parser)
 
 
 def build_store_from_args(
@@ -233,6 +235,7 @@ def build_store_from_args(
     for path in args.manifests:
         if not path.is_file():
             raise MissingInputError(f"{path}: manifest missing; download or generate the run first")
+    refuse_existing(args.out, overwrite=args.overwrite)
     meta = build_store(
         game=args.game,
         replay_dirs=dict(zip(args.runs, args.replay_dirs, strict=True)),
@@ -243,6 +246,7 @@ def build_store_from_args(
         window=window,
         extra_meta=extra_meta,
         progress=not args.quiet,
+        overwrite=args.overwrite,
     )
     log.info("%s: %d transitions in %d episodes", args.out, meta["transitions"], meta["episodes"])
 
