@@ -30,6 +30,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "check-params": ("jowa.config", "validate a params file (or print its JSON schema)"),
     "data download": ("jowa.data.download", "copy one run from a gs:// URL or a local mirror, with manifest"),
     "data generate": ("jowa.data.generate", "play a game with ale-py and write a run in DQN-Replay's layout"),
+    "data verify": ("jowa.data.verify", "check runs against their manifests (sizes, md5s) and their format"),
     "data subsample": ("jowa.data.subsample", "whole episodes of a pretraining game into a training store"),
     "data finetune-set": ("jowa.data.finetune_set", "a held-out game's training store of one data quality"),
     "train-tokenizer": (

@@ -29,6 +29,7 @@ from jowa.config import Game, RunId, SubsampleParams, argument_type, params_help
 from jowa.data.extract import extract_frames, extract_rows, files_holding
 from jowa.data.replay import Episode, RunIndex, index_run
 from jowa.data.store import StoreWriter, write_store
+from jowa.data.verify import verify_runs
 from jowa.errors import MissingInputError
 
 log = logging.getLogger(__name__)
@@ -226,7 +227,10 @@ def build_store_from_args(
     window: tuple[float, float] = (0.0, 1.0),
     extra_meta: dict[str, Any],
 ) -> None:
-    """`build_store` from the arguments of `add_store_arguments`, checked; logs what was stored."""
+    """`build_store` from the arguments of `add_store_arguments`, checked; logs what was stored.
+
+    Every run is verified against its manifest (sizes, md5s, format) before anything is read.
+    """
     if not len(args.runs) == len(args.replay_dirs) == len(args.manifests):
         raise MissingInputError(
             f"--runs, --replay-dirs and --manifests must list the same number of items "
@@ -236,6 +240,7 @@ def build_store_from_args(
         if not path.is_file():
             raise MissingInputError(f"{path}: manifest missing; download or generate the run first")
     refuse_existing(args.out, overwrite=args.overwrite)
+    verify_runs(zip(args.replay_dirs, args.manifests, strict=True))
     meta = build_store(
         game=args.game,
         replay_dirs=dict(zip(args.runs, args.replay_dirs, strict=True)),
@@ -248,7 +253,9 @@ def build_store_from_args(
         progress=not args.quiet,
         overwrite=args.overwrite,
     )
-    log.info("%s: %d transitions in %d episodes", args.out, meta["transitions"], meta["episodes"])
+    extra = meta["transitions"] - transitions_per_game
+    more = f", {extra} more than the {transitions_per_game} asked for (whole episodes)" if extra > 0 else ""
+    log.info("%s: %d transitions in %d episodes%s", args.out, meta["transitions"], meta["episodes"], more)
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
