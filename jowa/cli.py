@@ -5,6 +5,10 @@ instant and a stage's behaviour never depends on this file: a Snakemake rule's c
 modules its command imports (`jowa.code_inputs`), and editing this table reruns no job. Each command
 module provides `configure_parser(parser)` and `main(args)`. Errors the user can act on
 (`jowa.errors.JowaError`) are printed in one line; any other exception is a bug and keeps its traceback.
+
+SIGTERM (what `scancel`, Snakemake and timeouts send) is turned into an exception, like Ctrl-C, so every
+`jowa.atomic` context manager removes its temporary output on the way out; the command then exits with
+143 (128 + 15; 130 for Ctrl-C) after one line saying so.
 """
 
 from __future__ import annotations
@@ -12,7 +16,11 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import signal
 import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from importlib.metadata import version
 
 from jowa.errors import JowaError
@@ -22,6 +30,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "check-params": ("jowa.config", "validate a params file (or print its JSON schema)"),
     "data download": ("jowa.data.download", "copy one run from a gs:// URL or a local mirror, with manifest"),
     "data generate": ("jowa.data.generate", "play a game with ale-py and write a run in DQN-Replay's layout"),
+    "data verify": ("jowa.data.verify", "check runs against their manifests (sizes, md5s) and their format"),
     "data subsample": ("jowa.data.subsample", "whole episodes of a pretraining game into a training store"),
     "data finetune-set": ("jowa.data.finetune_set", "a held-out game's training store of one data quality"),
     "train-tokenizer": (
@@ -54,6 +63,28 @@ def _top_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class Terminated(SystemExit):
+    """SIGTERM, raised where the main thread is, so cleanup code runs as for any other exception."""
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut the cleanup short
+    raise Terminated(128 + signum)
+
+
+@contextmanager
+def _sigterm_raises() -> Iterator[None]:
+    """SIGTERM raises `Terminated` inside the block (signal handlers exist only in the main thread)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def _split(argv: list[str]) -> tuple[list[str], str | None, list[str]]:
     """(global options, command, the command's arguments)."""
     start = next((i for i, word in enumerate(argv) if not word.startswith("-")), len(argv))
@@ -83,10 +114,15 @@ def main(argv: list[str] | None = None) -> int:
     args.quiet = options.quiet
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     try:
-        module.main(args)
+        with _sigterm_raises():
+            module.main(args)
     except JowaError as exc:
         print(f"jowa {name}: error: {exc}", file=sys.stderr)
         return 1
+    except (Terminated, KeyboardInterrupt) as exc:
+        what, status = ("SIGTERM", exc.code) if isinstance(exc, Terminated) else ("Ctrl-C", 130)
+        print(f"jowa {name}: stopped by {what}; unfinished outputs were discarded", file=sys.stderr)
+        return status
     return 0
 
 

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import shutil
+import signal
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -20,11 +23,11 @@ def jowa(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(["jowa", *args], capture_output=True, text=True, timeout=120)
 
 
-def generate(out: Path, **changes: object) -> subprocess.CompletedProcess:
+def generate(out: Path, *options: str, **changes: object) -> subprocess.CompletedProcess:
     params = json.dumps({**GENERATE, **changes})
     return jowa(
         "-q", "data", "generate", "--params", params, "--game", "Pong", "--run", "1",
-        "--out", str(out / "replay_logs"), "--manifest", str(out / "1.tsv"),
+        "--out", str(out / "replay_logs"), "--manifest", str(out / "1.tsv"), *options,
     )  # fmt: skip
 
 
@@ -72,7 +75,59 @@ def test_generate_onto_an_existing_run_is_refused_in_one_line(tmp_path: Path) ->
     assert generate(tmp_path).returncode == 0
     again = generate(tmp_path)
     assert again.returncode == 1 and "Traceback" not in again.stderr
-    assert f"{tmp_path / 'replay_logs'} already exists; remove it to make it again" in again.stderr
+    assert f"{tmp_path / 'replay_logs'} already exists; delete it, or pass --overwrite" in again.stderr
+    shutil.rmtree(tmp_path / "replay_logs")  # a manifest alone is an output in the way too
+    alone = generate(tmp_path)
+    assert alone.returncode == 1 and f"{tmp_path / '1.tsv'} already exists" in alone.stderr
+    manifest = (tmp_path / "1.tsv").read_text()
+    forced = generate(tmp_path, "--overwrite", seed=1)
+    assert forced.returncode == 0, forced.stderr
+    assert (tmp_path / "replay_logs").is_dir() and (tmp_path / "1.tsv").read_text() != manifest
+
+
+def start_long_generate(out: Path) -> tuple[subprocess.Popen, Path]:
+    """`jowa data generate` of a run far too long to finish, once its temporary directory has a file."""
+    params = json.dumps({**GENERATE, "steps_per_run": 10**7})
+    proc = subprocess.Popen(
+        ["jowa", "-q", "data", "generate", "--params", params, "--game", "Pong", "--run", "1",
+         "--out", str(out / "replay_logs"), "--manifest", str(out / "1.tsv")],
+        stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and proc.poll() is None:
+        staging = list(out.glob(".replay_logs.tmp-*"))
+        if staging and any(staging[0].glob("*.gz")):
+            return proc, staging[0]
+        time.sleep(0.05)
+    proc.kill()
+    pytest.fail(f"generate never started writing: {proc.communicate()[1]}")
+
+
+@pytest.mark.parametrize(
+    ("sig", "status", "name"), [(signal.SIGTERM, 143, "SIGTERM"), (signal.SIGINT, 130, "Ctrl-C")]
+)
+def test_a_stopped_job_removes_its_temporary_output(tmp_path: Path, sig: int, status: int, name: str) -> None:
+    """scancel and timeouts send SIGTERM: the job cleans up as for an error, and says it was stopped."""
+    out = tmp_path / "Pong" / "1"
+    proc, _ = start_long_generate(out)
+    proc.send_signal(sig)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == status, stderr
+    assert f"jowa data generate: stopped by {name}; unfinished outputs were discarded" in stderr
+    assert "Traceback" not in stderr
+    assert list(tmp_path.iterdir()) == []  # no staging, no output, no manifest, no parent it created
+
+
+def test_a_killed_jobs_leftover_is_swept_by_the_next_run(tmp_path: Path) -> None:
+    """SIGKILL leaves the temporary directory; the next run of the same job removes it."""
+    proc, leftover = start_long_generate(tmp_path)
+    proc.kill()
+    proc.communicate(timeout=60)
+    assert leftover.is_dir() and not (tmp_path / "replay_logs").exists()
+    again = generate(tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert f"removed {leftover}, left by an interrupted job" in again.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["1.tsv", "replay_logs"]
 
 
 def test_help_names_units_and_rounding() -> None:

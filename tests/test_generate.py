@@ -8,7 +8,10 @@ batch_rl's logging rule; truth.json lists every step the agent added. Feeding th
 from __future__ import annotations
 
 import gzip
+import hashlib
 import json
+import subprocess
+import time
 from pathlib import Path
 
 import cv2
@@ -23,7 +26,9 @@ from jowa.data.dopamine_format import (
     list_suffixes,
     load_array,
 )
-from jowa.data.generate import DopamineReplayWriter, generate_run
+from jowa.data.generate import DopamineReplayWriter, generate_run, run_seed
+from jowa.data.manifest import write_manifest
+from jowa.data.subsample import build_store
 from jowa.errors import OutputExistsError
 from jowa.eval.env import replay_env
 from jowa.games import UnknownGameError
@@ -240,6 +245,48 @@ def test_same_seed_same_files_other_seed_differs(generated: tuple[Path, dict], t
         assert mine[name] != theirs[name]
 
 
+def md5s(directory: Path) -> dict[str, str]:
+    return {p.name: hashlib.md5(p.read_bytes()).hexdigest() for p in sorted(directory.iterdir())}
+
+
+def test_generated_files_manifests_and_store_hashes_are_byte_stable(tmp_path: Path) -> None:
+    """The same run made twice (another process, path and second) gives the same compressed bytes.
+
+    A gzip header may hold a file name and a time; ours hold neither, so the md5s in the manifests,
+    the manifests themselves and the `source_manifests` a store records do not change either.
+    """
+    params = {"capacity": CAPACITY, "max_episode_steps": 27_000, "seed": 0, "steps_per_run": 1000,
+              "sticky_actions": 0.25}  # fmt: skip
+    first, second = tmp_path / "a" / GAME / "1", tmp_path / "elsewhere" / GAME / "1"
+    subprocess.run(
+        ["jowa", "-q", "data", "generate", "--params", json.dumps(params), "--game", GAME, "--run", "1",
+         "--out", str(first / "replay_logs"), "--manifest", str(first / "manifest.tsv")],
+        check=True, capture_output=True, timeout=300,
+    )  # fmt: skip
+    time.sleep(1.1)  # gzip's header time has a one-second resolution
+    settings = {k: v for k, v in params.items() if k not in ("seed", "steps_per_run")}
+    generate_run(GAME, second / "replay_logs", steps_per_run=params["steps_per_run"],
+                 seed=run_seed(params["seed"], GAME, 1), progress=False, **settings)  # fmt: skip
+    write_manifest(second / "replay_logs", second / "manifest.tsv")
+    ours = md5s(first / "replay_logs")
+    assert len(ours) >= 12 and ours == md5s(second / "replay_logs")
+    assert (first / "manifest.tsv").read_bytes() == (second / "manifest.tsv").read_bytes()
+    metas = [
+        build_store(
+            game=GAME,
+            replay_dirs={1: run / "replay_logs"},
+            manifests={1: run / "manifest.tsv"},
+            out=run / "store",
+            transitions_per_game=200,
+            seed=0,
+            progress=False,
+        )
+        for run in (first, second)
+    ]
+    assert metas[0]["source_manifests"] == metas[1]["source_manifests"]
+    assert metas[0] == metas[1]
+
+
 def test_preprocessing_matches_dopamine_recipe() -> None:
     """AtariPreprocessing equals Dopamine's recipe: max of the last 2 of 4 grayscale frames, INTER_AREA."""
     seed, steps = 3, 120
@@ -293,6 +340,6 @@ def test_existing_output_is_not_overwritten(tmp_path: Path) -> None:
     out = tmp_path / GAME / "1" / "replay_logs"
     out.mkdir(parents=True)
     (out / "keep").write_text("x")
-    with pytest.raises(OutputExistsError, match="already exists; remove it"):
+    with pytest.raises(OutputExistsError, match="already exists; delete it, or pass --overwrite"):
         play(GAME, out, 10, seed=0, progress=False)
     assert [p.name for p in out.iterdir()] == ["keep"]

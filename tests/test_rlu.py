@@ -27,6 +27,7 @@ from jowa.data.runs import open_run
 from jowa.data.store import TrainingStore
 from jowa.data.subsample import build_store
 from jowa.data.tfrecord import masked_crc32c, read_records, write_records
+from jowa.data.verify import RunVerificationError, verify_runs
 
 
 def test_masked_crc_matches_an_independent_crc32c() -> None:
@@ -231,3 +232,15 @@ def test_unpublished_game_is_refused_with_the_ways_forward(rlu_mirror: Path, tmp
     with pytest.raises(DownloadError, match="does not publish Berzerk") as err:
         download_run(str(rlu_mirror), "Berzerk", 1, tmp_path / "d", tmp_path / "m.tsv", progress=False)
     assert "generate" in str(err.value)
+
+
+def test_verify_checks_an_rlu_run_against_its_manifest(rlu_mirror: Path, tmp_path: Path) -> None:
+    dest, manifest = tmp_path / "res" / "Pong" / "1", tmp_path / "res" / "manifests" / "1.tsv"
+    download_run(str(rlu_mirror), "Pong", 1, dest, manifest, progress=False)
+    assert verify_runs([(dest, manifest)]) == 50
+    late = dest / shard_filename(1, 45, 50)  # a shard no early-checkpoint window would read
+    late.chmod(0o644)
+    late.write_bytes(b"<html>503</html>")
+    with pytest.raises(RunVerificationError) as err:
+        verify_runs([(dest, manifest)])
+    assert f"{late}: " in str(err.value) and "not a gzip file" in str(err.value)

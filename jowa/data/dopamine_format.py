@@ -201,10 +201,15 @@ def load_array(
 
 
 def write_array(path: Path | str, array: np.ndarray, compresslevel: int = 6) -> None:
-    """Write `array` the way Dopamine does (`np.save` into one gzip member), atomically."""
+    """Write `array` the way Dopamine does (`np.save` into one gzip member), atomically.
+
+    The gzip header holds no file name and no time (Dopamine's hold both), so the same array gives
+    the same bytes and md5 whenever and wherever it is written; given a file object, `GzipFile` would
+    otherwise store the temporary file's name.
+    """
     with (
         atomic_file(path) as tmp,
         open(tmp, "wb") as raw,
-        gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=compresslevel, mtime=0) as out,
+        gzip.GzipFile(filename="", fileobj=raw, mode="wb", compresslevel=compresslevel, mtime=0) as out,
     ):
         np.save(out, array, allow_pickle=False)

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from jowa import games
-from jowa.atomic import atomic_dir
+from jowa.atomic import add_overwrite_argument, atomic_dir, refuse_existing
 from jowa.config import GenerateParams, add_run_arguments, params_help, parse_section
 from jowa.data.dopamine_format import (
     FILES_PER_SUFFIX,
@@ -183,6 +183,7 @@ def generate_run(
     max_episode_steps: int,
     seed: int,
     progress: bool,
+    overwrite: bool = False,
 ) -> dict:
     """Play `game` at random and write a DQN-Replay run directory (`.../{Game}/{run}/replay_logs`).
 
@@ -190,13 +191,15 @@ def generate_run(
     (Dopamine's runner finishes the episode in progress), then logs the final partial buffer.
     Deterministic given `seed` (the run's own, see `run_seed`): it seeds the first env reset (ALE's
     sticky-action RNG included) and the action RNG. The run is built in a temporary sibling and renamed
-    into place at the end. Settings are the `data.generate` section's, validated there.
+    into place at the end; an existing `out_dir` is refused unless `overwrite`. Settings are the
+    `data.generate` section's, validated there.
     """
     out_dir = Path(out_dir)
+    refuse_existing(out_dir, overwrite=overwrite)
     env = replay_env(game, sticky_actions)  # before touching the disk: an unknown game creates nothing
     started = time.perf_counter()
     try:
-        with atomic_dir(out_dir) as tmp:
+        with atomic_dir(out_dir, overwrite=overwrite) as tmp:
             writer = DopamineReplayWriter(tmp, capacity)
             played, episodes = _play_steps(
                 env, writer, steps_per_run, seed, max_episode_steps, progress, game
@@ -257,10 +260,14 @@ def _play_steps(
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--params", required=True, help=params_help(GenerateParams, "data.generate"))
     add_run_arguments(parser)
+    add_overwrite_argument(parser)
 
 
 def main(args: argparse.Namespace) -> None:
     params = parse_section(args.params, GenerateParams, "data.generate")
+    refuse_existing(args.out, args.manifest, overwrite=args.overwrite)
+    if args.overwrite:  # the manifest says "complete": it must not outlive the run it described
+        args.manifest.unlink(missing_ok=True)
     summary = generate_run(
         args.game,
         args.out,
@@ -270,6 +277,7 @@ def main(args: argparse.Namespace) -> None:
         max_episode_steps=params.max_episode_steps,
         seed=run_seed(params.seed, args.game, args.run),
         progress=not args.quiet,
+        overwrite=args.overwrite,
     )
     write_manifest(args.out, args.manifest)
     log.info("generated %s", summary)

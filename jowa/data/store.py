@@ -151,9 +151,12 @@ class StoreWriter:
 
 
 @contextmanager
-def write_store(out: Path | str, transitions: int) -> Iterator[StoreWriter]:
-    """Build a store of `transitions` steps at `out`, replacing it; it appears only once `finish` ran."""
-    with atomic_dir(out, replace=True) as tmp:
+def write_store(out: Path | str, transitions: int, *, overwrite: bool = False) -> Iterator[StoreWriter]:
+    """Build a store of `transitions` steps at `out`; it appears only once `finish` ran.
+
+    An existing store is refused unless `overwrite` (the policy of `jowa.atomic`).
+    """
+    with atomic_dir(out, overwrite=overwrite) as tmp:
         writer = StoreWriter(tmp, transitions)
         try:
             yield writer

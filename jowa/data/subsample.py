@@ -24,10 +24,12 @@ import numpy as np
 from tqdm import tqdm
 
 from jowa import games
+from jowa.atomic import add_overwrite_argument, refuse_existing
 from jowa.config import Game, RunId, SubsampleParams, argument_type, params_help, parse_section
 from jowa.data.replay import Episode
 from jowa.data.runs import Run, open_run
 from jowa.data.store import StoreWriter, write_store
+from jowa.data.verify import verify_runs
 from jowa.errors import MissingInputError
 
 log = logging.getLogger(__name__)
@@ -92,10 +94,12 @@ def build_store(
     window: tuple[float, float] = (0.0, 1.0),
     extra_meta: dict[str, Any] | None = None,
     progress: bool = True,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Sample whole episodes of `game` from the given runs and write a training store at `out`, atomically.
 
-    `transitions_per_game` is a minimum: episodes are drawn whole until it is reached.
+    `transitions_per_game` is a minimum: episodes are drawn whole until it is reached. An existing
+    store is refused unless `overwrite`.
     """
     games.check_game(game)
     runs = {run: open_run(path) for run, path in sorted(replay_dirs.items())}
@@ -114,7 +118,7 @@ def build_store(
         )
 
     by_run = {run: [c.episode for c in chosen if c.run == run] for run in runs}
-    with write_store(out, total) as store:
+    with write_store(out, total, overwrite=overwrite) as store:
         actions, rewards, terminals = _copy_episodes(game, by_run, runs, store, progress)
         episode_starts = np.concatenate([[0], np.cumsum([c.episode.length for c in chosen])])
         meta = store.finish(
@@ -198,9 +202,8 @@ def add_store_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--manifests", type=Path, nargs="+", required=True, help="each run's manifest TSV, in --runs order"
     )
-    parser.add_argument(
-        "--out", type=Path, required=True, help="the store directory to create (replaced if there)"
-    )
+    parser.add_argument("--out", type=Path, required=True, help="the store directory to create")
+    add_overwrite_argument(parser)
 
 
 def build_store_from_args(
@@ -211,7 +214,10 @@ def build_store_from_args(
     window: tuple[float, float] = (0.0, 1.0),
     extra_meta: dict[str, Any],
 ) -> None:
-    """`build_store` from the arguments of `add_store_arguments`, checked; logs what was stored."""
+    """`build_store` from the arguments of `add_store_arguments`, checked; logs what was stored.
+
+    Every run is verified against its manifest (sizes, md5s, format) before anything is read.
+    """
     if not len(args.runs) == len(args.replay_dirs) == len(args.manifests):
         raise MissingInputError(
             f"--runs, --replay-dirs and --manifests must list the same number of items "
@@ -220,6 +226,8 @@ def build_store_from_args(
     for path in args.manifests:
         if not path.is_file():
             raise MissingInputError(f"{path}: manifest missing; download or generate the run first")
+    refuse_existing(args.out, overwrite=args.overwrite)
+    verify_runs(zip(args.replay_dirs, args.manifests, strict=True))
     meta = build_store(
         game=args.game,
         replay_dirs=dict(zip(args.runs, args.replay_dirs, strict=True)),
@@ -230,8 +238,11 @@ def build_store_from_args(
         window=window,
         extra_meta=extra_meta,
         progress=not args.quiet,
+        overwrite=args.overwrite,
     )
-    log.info("%s: %d transitions in %d episodes", args.out, meta["transitions"], meta["episodes"])
+    extra = meta["transitions"] - transitions_per_game
+    more = f", {extra} more than the {transitions_per_game} asked for (whole episodes)" if extra > 0 else ""
+    log.info("%s: %d transitions in %d episodes%s", args.out, meta["transitions"], meta["episodes"], more)
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
