@@ -9,6 +9,7 @@ from __future__ import annotations
 import gzip
 import json
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -106,6 +107,15 @@ def copy_run(tmp_path: Path, run: str = "Long/1") -> Path:
     return dest
 
 
+def rewrite(path: Path, change: Callable[[np.ndarray], None]) -> None:
+    """Load a replay array, change it in place, and write it back the way Dopamine does."""
+    with gzip.open(path) as fh:
+        array = np.load(fh)
+    change(array)
+    with gzip.open(path, "wb") as fh:
+        np.save(fh, array)
+
+
 def test_missing_suffix_becomes_a_gap_that_cuts_episodes(tmp_path: Path) -> None:
     replay_dir = copy_run(tmp_path)
     for kind in ("observation", "action", "reward", "terminal", "add_count", "invalid_range"):
@@ -150,11 +160,45 @@ def test_corrupt_gzip_names_the_file(tmp_path: Path) -> None:
 
 def test_non_zero_padding_row_is_an_error(tmp_path: Path) -> None:
     replay_dir = copy_run(tmp_path)
-    path = replay_dir / checkpoint_filename("action", 0)
-    with gzip.open(path) as fh:
-        actions = np.load(fh)
-    actions[0] = 3  # slot 0 of the first file is the run's first padding row
-    with gzip.open(path, "wb") as fh:
-        np.save(fh, actions)
+
+    def change(actions: np.ndarray) -> None:
+        actions[0] = 3  # slot 0 of the first file is the run's first padding row
+
+    rewrite(replay_dir / checkpoint_filename("action", 0), change)
     with pytest.raises(ReplayFormatError, match=r"padding rows from global row 0"):
+        index_run(replay_dir)
+
+
+def test_partial_file_from_another_run_is_an_error(tmp_path: Path) -> None:
+    replay_dir = copy_run(tmp_path)  # suffix 11 is partial (cursor 7); its slots 7..38 are stale copies
+
+    def change(actions: np.ndarray) -> None:
+        actions[20] = (actions[20] + 1) % 6
+
+    rewrite(replay_dir / checkpoint_filename("action", 11), change)
+    with pytest.raises(
+        ReplayFormatError, match=r"add_count_ckpt\.11\.gz: checkpoint 11 differs from checkpoint 10"
+    ):
+        index_run(replay_dir)
+
+
+def test_missing_checkpoint_before_the_partial_file_places_it_a_wrap_later(tmp_path: Path) -> None:
+    replay_dir = copy_run(tmp_path)
+    for kind in ("observation", "action", "reward", "terminal", "add_count", "invalid_range"):
+        (replay_dir / checkpoint_filename(kind, 10)).unlink()
+    index = index_run(replay_dir)
+    assert index.files[-1].end_row == truth_runs()["Long/1"]["final_add_count"]
+    assert index.gaps == [(399, 407)]  # suffix 10 held rows 399..438; the partial file holds 407..446
+    ids = [i for _, _, frames in read_episodes(replay_dir) for i in step_ids(frames)]
+    assert ids == sorted(held_step_ids(replay_dir))
+
+
+def test_full_checkpoint_add_count_must_precede_a_multiple_of_the_capacity(tmp_path: Path) -> None:
+    replay_dir = copy_run(tmp_path)
+
+    def change(add_count: np.ndarray) -> None:
+        add_count[...] = 158
+
+    rewrite(replay_dir / checkpoint_filename("add_count", 3), change)
+    with pytest.raises(ReplayFormatError, match=r"add_count_ckpt\.3\.gz: add_count 158 is not one less than"):
         index_run(replay_dir)

@@ -13,8 +13,15 @@ from pathlib import Path
 
 import numpy as np
 
-from jowa.data.dopamine_format import NpyGzReader, ReplayFormatError
-from jowa.data.replay import PADDING_ROWS, Episode, ReplayFile, RunIndex, index_run
+from jowa.data.dopamine_format import NpyGzReader
+from jowa.data.replay import (
+    PADDING_ROWS,
+    Episode,
+    ReplayFile,
+    RunIndex,
+    check_observation_header,
+    index_run,
+)
 
 
 def _pieces(index: RunIndex, start: int, stop: int) -> Iterator[tuple[ReplayFile, int, int]]:
@@ -112,11 +119,7 @@ def extract_frames(
             continue
         path = index.path("observation", file)
         with NpyGzReader(path) as reader:
-            if reader.dtype != np.uint8 or reader.shape != (file.capacity, 84, 84):
-                raise ReplayFormatError(
-                    f"{path}: expected uint8 frames of shape ({file.capacity}, 84, 84), "
-                    f"got {reader.dtype} {reader.shape}"
-                )
+            check_observation_header(reader, file.capacity)
             _scatter(reader, plan[file.position], sink, chunk_rows, on_bytes)
 
 

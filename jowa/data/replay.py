@@ -1,14 +1,17 @@
 """Rebuild a DQN-Replay run in time order and find its episodes, streaming.
 
-A run is a sequence of circular-buffer snapshots (see docs: dqn-replay-format §1.5–1.7). This module
-never trusts suffix numbers or stored order. Each file's `add_count` tells which global rows it holds:
-a file whose buffer had seen `T` rows holds rows `[T - C, T)`, row `r` in slot `r % C`. A full file's
-`T` is its `add_count`; the partial last file stores the cursor `c`, and its `T` is the first count
-after the previous file's that is congruent to `c`. Rows already emitted by an earlier file (the stale
-tail of the partial file) are skipped; rows no file holds form a gap.
+A run is a sequence of circular-buffer snapshots (see docs: dqn-replay-format §1.5–1.7). Suffix numbers
+only order the files (and show which are missing); each file's `add_count` tells which global rows it
+holds: a file whose buffer had seen `T` rows holds rows `[T - C, T)`, row `r` in slot `r % C`. A full
+file's `T` is its `add_count`; the partial last file stores only the cursor `T % C`, and its `T` is the
+first count after the previous file's that is congruent to it, or a capacity later if a log was skipped
+in between. Whether one was is read from slot C-2 (see `_log_skipped`), never from how alike two files
+look: zero rows (padding, or a no-op step with no reward) match by coincidence. Rows already emitted by
+an earlier file (the stale tail of the partial file) are skipped; rows no file holds form a gap.
 
-Indexing (`index_run`) reads only the small per-row arrays, so it costs a few MB per file. Frames are
-pulled later by `jowa.data.extract`, which inflates each observation file once, in chunks.
+Indexing (`index_run`) reads only the small per-row arrays, so it costs a few MB per file; the frames of
+a few slots are read in the rare runs whose small arrays cannot place a file. Frames are pulled later by
+`jowa.data.extract`, which inflates each observation file once, in chunks.
 """
 
 from __future__ import annotations
@@ -89,7 +92,7 @@ class RunIndex:
 
     def small_arrays(self, file: ReplayFile) -> dict[str, np.ndarray]:
         """The file's action, reward and terminal arrays, whole."""
-        return _small_arrays(self.replay_dir, file)
+        return _small_arrays(self.replay_dir, file.suffix, file.capacity)
 
 
 def _path(replay_dir: Path, kind: str, suffix: int) -> Path:
@@ -141,18 +144,23 @@ def _plan_files(
         add_count = int(load_array(path, dtype=np.int64, shape=()))
         if add_count < 0:
             raise ReplayFormatError(f"{path}: negative add_count {add_count}")
-        if add_count >= capacity:
+        last = position == len(suffixes) - 1
+        if add_count >= capacity or (add_count == capacity - 1 and not files):  # a full log
+            if add_count % capacity != capacity - 1:
+                raise ReplayFormatError(
+                    f"{path}: add_count {add_count} is not one less than a multiple of the capacity "
+                    f"{capacity}, as every full checkpoint's is (Dopamine logs once slot C-2 is filled)"
+                )
             end_row = add_count
-        elif not files:  # the only file of a run shorter than the capacity, or every earlier log skipped
-            start_unknown = _wrapped(replay_dir, suffix, add_count, capacity)
-            end_row = add_count + capacity * start_unknown
-        elif position == len(suffixes) - 1:  # the partial last file stores the cursor only
-            end_row = _partial_end_row(replay_dir, files[-1], suffix, add_count, emitted)
-        else:
+        elif not last:
             raise ReplayFormatError(
                 f"{path}: add_count {add_count} is below the capacity {capacity}, which only the last "
                 f"checkpoint of a run may have (suffixes present: {suffixes[0]}..{suffixes[-1]})"
             )
+        elif not files:  # the only file: a run shorter than the capacity, or every earlier log skipped
+            end_row, start_unknown = _only_file_rows(replay_dir, suffix, add_count, capacity)
+        else:  # the partial last file stores the cursor only
+            end_row = _partial_end_row(replay_dir, files[-1], suffix, add_count)
         if files and end_row < files[-1].end_row:
             raise ReplayFormatError(
                 f"{path}: add_count {add_count} goes back in time "
@@ -173,46 +181,129 @@ def _plan_files(
     return files, gaps, start_unknown
 
 
-def _wrapped(replay_dir: Path, suffix: int, cursor: int, capacity: int) -> bool:
-    """Whether a first file with `add_count < C` had wrapped: its slots past the cursor hold episode ends.
+def _only_file_rows(replay_dir: Path, suffix: int, cursor: int, capacity: int) -> tuple[int, bool]:
+    """Rows seen when a run's only file, partial, was written; and whether earlier rows are unknown.
 
-    A buffer that never wrapped has never written those slots (zero, or allocation leftovers in the last
-    slot as seen in Dopamine's own files); one whose every earlier log was skipped holds real rows there.
+    It never wrapped if it holds rows [0, cursor): slots [cursor, C-1) were never written (all zero; the
+    last slot may hold allocation leftovers, as in Dopamine's own files) and slots 0-2 hold the run's first
+    padding. If it wrapped, every earlier log was skipped, and slot C-2 holds padding left by the newest
+    skipped one (see `_log_skipped`): a terminal lies at most three rows before it, inside [cursor, C-1)
+    when the cursor is three rows or more before C-2. Otherwise the oldest rows lie inside that padding,
+    and the episode it opens has its first step in slot C-1, 0 or 1: a non-zero row among slots 0-2 where
+    a run's first padding would be or, for a one-step episode, a terminal in slot C-1 (which a buffer that
+    never wrapped never wrote). At cursor 0 the file holds C rows, and whether more came before cannot be
+    told: a buffer filled exactly without reaching a log looks like one that wrapped a whole number of
+    times, so the start is reported unknown.
     """
-    terminals = load_array(_path(replay_dir, "terminal", suffix), dtype=np.uint8, shape=(capacity,))
-    return bool(terminals[cursor : capacity - 1].any())
+    arrays = _small_arrays(replay_dir, suffix, capacity)
+    if cursor == 0:
+        return (capacity, True) if arrays["terminal"].any() else (0, False)  # else nothing was ever added
+    if any(a[cursor : capacity - 1].any() for a in arrays.values()):
+        wrapped = True
+    elif cursor <= capacity - 2 - PADDING_ROWS:
+        wrapped = False
+    else:
+        wrapped = bool(arrays["terminal"][capacity - 1]) or not _head_is_padding(replay_dir, suffix, arrays)
+    return cursor + capacity * wrapped, wrapped
 
 
-def _partial_end_row(replay_dir: Path, previous: ReplayFile, suffix: int, cursor: int, emitted: int) -> int:
+def _head_is_padding(replay_dir: Path, suffix: int, arrays: dict[str, np.ndarray]) -> bool:
+    """Whether slots 0-2 hold padding, as at a run's start: all zero, frames included."""
+    head = range(PADDING_ROWS)
+    return not any(a[: head.stop].any() for a in arrays.values()) and not _frames_nonzero(
+        replay_dir, suffix, len(arrays["terminal"]), head
+    )
+
+
+def _partial_end_row(replay_dir: Path, previous: ReplayFile, suffix: int, cursor: int) -> int:
     """Rows seen when the partial last file was written, which stores only the cursor `T % C`.
 
-    If no log was skipped since `previous`, `T` is the first count >= `emitted` congruent to the cursor,
-    and every slot this file did not write since then still holds exactly what `previous` holds. If a
-    whole wrap went unlogged in between, those slots were overwritten: `T` is then (at least) one
-    capacity later and the whole file is new.
+    With no log since `previous`, `T` is the first count at or after `previous.end_row` congruent to the
+    cursor; with a skipped log in between, the whole file is new and `T` is (at least) a capacity later.
     """
     capacity = previous.capacity
-    end_row = emitted + (cursor - emitted) % capacity
-    current = ReplayFile(suffix, previous.position + 1, cursor, end_row, emitted, capacity)
-    unchanged = np.ones(capacity, bool)
-    unchanged[current.slots(emitted, end_row)] = False  # slots written since `previous`
-    before, now = _small_arrays(replay_dir, previous), _small_arrays(replay_dir, current)
-    if all(np.array_equal(before[k][unchanged], now[k][unchanged]) for k in before):
-        return end_row
-    log.warning(
-        "%s: the partial last file differs from checkpoint %d outside the slots written since: a log was "
-        "skipped in between",
-        _path(replay_dir, "add_count", suffix),
-        previous.suffix,
+    end_row = previous.end_row + (cursor - previous.end_row) % capacity
+    path = _path(replay_dir, "add_count", suffix)
+    if suffix > previous.suffix + 1:
+        log.warning("%s: the checkpoints between %d and %d are missing", path, previous.suffix, suffix)
+        return end_row + capacity
+    before, now = (
+        _small_arrays(replay_dir, previous.suffix, capacity),
+        _small_arrays(replay_dir, suffix, capacity),
     )
-    return end_row + capacity
+    if _log_skipped(replay_dir, suffix, before, now, cursor):
+        log.warning("%s: a log was skipped after checkpoint %d: its rows are lost", path, previous.suffix)
+        return end_row + capacity
+    unchanged = np.ones(capacity, bool)  # slots not written since `previous`
+    unchanged[np.arange(previous.end_row, end_row) % capacity] = False
+    if not all(np.array_equal(before[k][unchanged], now[k][unchanged]) for k in before):
+        raise ReplayFormatError(
+            f"{path}: checkpoint {suffix} differs from checkpoint {previous.suffix} in slots written before "
+            f"checkpoint {previous.suffix} was logged: the two files are not from the same run"
+        )
+    return end_row
 
 
-def _small_arrays(replay_dir: Path, file: ReplayFile) -> dict[str, np.ndarray]:
+def _log_skipped(
+    replay_dir: Path, suffix: int, before: dict[str, np.ndarray], now: dict[str, np.ndarray], cursor: int
+) -> bool:
+    """Whether a log was skipped between the last full file (`before`) and the partial last one (`now`).
+
+    A full file is logged right after the add() call that fills slot C-2, so slot C-2 then holds a step,
+    and nothing writes that slot again before the next log is due. A log is skipped only when one add()
+    call (an episode's three padding rows and its first step) runs past slot C-2, which then holds
+    padding. So `now` holds padding in slot C-2 exactly when a log was skipped since `before`.
+
+    Padding follows a terminal at most three rows before it. When `now`'s oldest rows start less than
+    three rows before slot C-2 and none is a terminal, they are padding if they are all zero where
+    `before` holds other values (its step), and otherwise the frame in slot C-2 tells: padding frames are
+    zero, a step's are not.
+    """
+    capacity = len(now["terminal"])
+    seam = capacity - 2
+    rows_before = min(PADDING_ROWS, (seam - cursor) % capacity)  # rows held before the seam, in time order
+    if now["terminal"][[(seam - j) % capacity for j in range(1, rows_before + 1)]].any():
+        return True
+    if rows_before == PADDING_ROWS:
+        return False
+    oldest = slice(cursor, seam + 1)  # the oldest rows, up to the seam
+    if any(a[oldest].any() for a in now.values()):
+        return False
+    if any(a[oldest].any() for a in before.values()):
+        return True
+    return not _frames_nonzero(replay_dir, suffix, capacity, range(seam, seam + 1))
+
+
+def _frames_nonzero(replay_dir: Path, suffix: int, capacity: int, slots: range) -> bool:
+    """Whether any frame in `slots` is non-zero; inflates the observation file up to the last of them."""
+    path = _path(replay_dir, "observation", suffix)
+    with NpyGzReader(path) as reader:
+        check_observation_header(reader, capacity)
+        start = 0
+        for chunk in reader.iter_chunks(256):
+            lo, hi = max(slots.start, start), min(slots.stop, start + len(chunk))
+            if lo < hi and chunk[lo - start : hi - start].any():
+                return True
+            start += len(chunk)
+            if start >= slots.stop:
+                break
+    return False
+
+
+def check_observation_header(reader: NpyGzReader, capacity: int) -> None:
+    """An observation file holds one uint8 84x84 frame per slot."""
+    if reader.dtype != np.uint8 or reader.shape != (capacity, 84, 84):
+        raise ReplayFormatError(
+            f"{reader.path}: expected uint8 frames of shape ({capacity}, 84, 84), "
+            f"got {reader.dtype} {reader.shape}"
+        )
+
+
+def _small_arrays(replay_dir: Path, suffix: int, capacity: int) -> dict[str, np.ndarray]:
     arrays = {}
     for kind in ("action", "reward", "terminal"):
         dtype, _ = STORE_SPECS[kind]
-        arrays[kind] = load_array(_path(replay_dir, kind, file.suffix), dtype=dtype, shape=(file.capacity,))
+        arrays[kind] = load_array(_path(replay_dir, kind, suffix), dtype=dtype, shape=(capacity,))
     return arrays
 
 
@@ -309,7 +400,7 @@ def index_run(replay_dir: Path | str) -> RunIndex:
     for file in files:
         if file.new_rows and file.first_row in gap_starts:
             splitter.gap()
-        arrays = _small_arrays(replay_dir, file)
+        arrays = _small_arrays(replay_dir, file.suffix, capacity)
         splitter.feed(_path(replay_dir, "terminal", file.suffix), file, arrays)
     index = RunIndex(replay_dir, capacity, files, splitter.finish(), gaps, start_unknown)
     log.info(
