@@ -1,17 +1,11 @@
-"""Rebuild a DQN-Replay run in time order and find its episodes, streaming.
+"""Rebuild a DQN-Replay run in time order and find its episodes, reading each small file once.
 
-A run is a sequence of circular-buffer snapshots (see docs: dqn-replay-format §1.5–1.7). Suffix numbers
-only order the files (and show which are missing); each file's `add_count` tells which global rows it
-holds: a file whose buffer had seen `T` rows holds rows `[T - C, T)`, row `r` in slot `r % C`. A full
-file's `T` is its `add_count`; the partial last file stores only the cursor `T % C`, and its `T` is the
-first count after the previous file's that is congruent to it, or a capacity later if a log was skipped
-in between. Whether one was is read from slot C-2 (see `_log_skipped`), never from how alike two files
-look: zero rows (padding, or a no-op step with no reward) match by coincidence. Rows already emitted by
-an earlier file (the stale tail of the partial file) are skipped; rows no file holds form a gap.
-
-Indexing (`index_run`) reads only the small per-row arrays, so it costs a few MB per file; the frames of
-a few slots are read in the rare runs whose small arrays cannot place a file. Frames are pulled later by
-`jowa.data.extract`, which inflates each observation file once, in chunks.
+A run is a sequence of circular-buffer snapshots (see docs: dqn-replay-format §1.5–1.7). `index_run`
+reads each file's small per-row arrays (action, reward, terminal) once, places the file on the run's
+global row axis (`jowa.data.placement`), cuts its new rows into episodes (padding after terminals, gaps,
+the run's end) and keeps those rows in time order, compactly: actions as uint8 and rewards as int8 (as
+float32 if a file holds other values than -1, 0 and 1), about 2 bytes per row, plus one row number per
+terminal. `jowa.data.extract` takes per-row arrays from there and inflates only observation files.
 """
 
 from __future__ import annotations
@@ -25,37 +19,15 @@ import numpy as np
 
 from jowa.data.dopamine_format import (
     ALL_KINDS,
-    STACK_SIZE,
     STORE_SPECS,
-    NpyGzReader,
     ReplayFormatError,
     checkpoint_filename,
     list_suffixes,
     load_array,
 )
+from jowa.data.placement import PADDING_ROWS, Arrays, ReplayFile, end_row, replay_path
 
 log = logging.getLogger(__name__)
-PADDING_ROWS = STACK_SIZE - 1
-
-
-@dataclass(frozen=True)
-class ReplayFile:
-    """One checkpoint suffix and the global rows `[first_row, end_row)` it contributes."""
-
-    suffix: int
-    position: int  # index among the run's files, in suffix order (a time axis for data quality)
-    add_count: int
-    end_row: int  # rows the buffer had seen when this file was written
-    first_row: int  # first row not held by an earlier file
-    capacity: int
-
-    @property
-    def new_rows(self) -> int:
-        return max(0, self.end_row - self.first_row)
-
-    def slots(self, start: int, stop: int) -> np.ndarray:
-        """Buffer slots of global rows [start, stop), which must lie inside this file."""
-        return np.arange(start, stop, dtype=np.int64) % self.capacity
 
 
 @dataclass(frozen=True)
@@ -69,9 +41,17 @@ class Episode:
     after_gap: bool = False  # starts right after rows no file holds
 
 
+@dataclass(frozen=True)
+class HeldRows:
+    """The per-row values of a file's new rows, global rows [first_row, end_row), in time order."""
+
+    actions: np.ndarray  # uint8: an index into the game's minimal action set, as stored
+    rewards: np.ndarray  # int8 when all are -1, 0 or 1 (always, in DQN-Replay), else float32
+
+
 @dataclass
 class RunIndex:
-    """Everything about a run that the small arrays tell: files, episodes, gaps."""
+    """Everything about a run that the small arrays tell: files, episodes, gaps, and the per-row values."""
 
     replay_dir: Path
     capacity: int
@@ -79,6 +59,8 @@ class RunIndex:
     episodes: list[Episode] = field(default_factory=list)
     gaps: list[tuple[int, int]] = field(default_factory=list)  # [start, stop) global rows no file holds
     start_unknown: bool = False  # every log before the first file was skipped: earlier rows are unknown
+    held: dict[int, HeldRows] = field(default_factory=dict)  # by file position
+    terminal_rows: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # sorted
 
     @property
     def num_files(self) -> int:
@@ -88,15 +70,11 @@ class RunIndex:
         return [e for e in self.episodes if not e.truncated]
 
     def path(self, kind: str, file: ReplayFile) -> Path:
-        return _path(self.replay_dir, kind, file.suffix)
+        return replay_path(self.replay_dir, kind, file.suffix)
 
-    def small_arrays(self, file: ReplayFile) -> dict[str, np.ndarray]:
-        """The file's action, reward and terminal arrays, whole."""
-        return _small_arrays(self.replay_dir, file.suffix, file.capacity)
-
-
-def _path(replay_dir: Path, kind: str, suffix: int) -> Path:
-    return replay_dir / checkpoint_filename(kind, suffix)
+    def ends_in_terminal(self, episodes: Sequence[Episode]) -> np.ndarray:
+        """Per episode, whether its last row is a terminal (not so for one cut by a gap or the run's end)."""
+        return np.isin([e.start_row + e.length - 1 for e in episodes], self.terminal_rows)
 
 
 def _check_suffixes(replay_dir: Path) -> list[int]:
@@ -117,194 +95,6 @@ def _check_suffixes(replay_dir: Path) -> list[int]:
             "%s: no files for checkpoint suffixes %s; their rows are reported as gaps", replay_dir, absent
         )
     return suffixes
-
-
-def _capacity(replay_dir: Path, suffix: int) -> int:
-    path = _path(replay_dir, "action", suffix)
-    with NpyGzReader(path) as reader:
-        if reader.dtype != STORE_SPECS["action"][0] or len(reader.shape) != 1:
-            raise ReplayFormatError(f"{path}: expected a 1-d int32 array, got {reader.shape} {reader.dtype}")
-        return reader.shape[0]
-
-
-def _plan_files(
-    replay_dir: Path, suffixes: Sequence[int], capacity: int
-) -> tuple[list[ReplayFile], list, bool]:
-    """Place every file on the global row axis from its add_count; find gaps and duplicates.
-
-    Also says whether the run's start is unknown: the first file is partial yet had wrapped, so every
-    earlier log was skipped and how many rows came before cannot be told.
-    """
-    start_unknown = False
-    files: list[ReplayFile] = []
-    gaps: list[tuple[int, int]] = []
-    emitted = 0  # rows [0, emitted) are accounted for (held or gap)
-    for position, suffix in enumerate(suffixes):
-        path = _path(replay_dir, "add_count", suffix)
-        add_count = int(load_array(path, dtype=np.int64, shape=()))
-        if add_count < 0:
-            raise ReplayFormatError(f"{path}: negative add_count {add_count}")
-        last = position == len(suffixes) - 1
-        if add_count >= capacity or (add_count == capacity - 1 and not files):  # a full log
-            if add_count % capacity != capacity - 1:
-                raise ReplayFormatError(
-                    f"{path}: add_count {add_count} is not one less than a multiple of the capacity "
-                    f"{capacity}, as every full checkpoint's is (Dopamine logs once slot C-2 is filled)"
-                )
-            end_row = add_count
-        elif not last:
-            raise ReplayFormatError(
-                f"{path}: add_count {add_count} is below the capacity {capacity}, which only the last "
-                f"checkpoint of a run may have (suffixes present: {suffixes[0]}..{suffixes[-1]})"
-            )
-        elif not files:  # the only file: a run shorter than the capacity, or every earlier log skipped
-            end_row, start_unknown = _only_file_rows(replay_dir, suffix, add_count, capacity)
-        else:  # the partial last file stores the cursor only
-            end_row = _partial_end_row(replay_dir, files[-1], suffix, add_count)
-        if files and end_row < files[-1].end_row:
-            raise ReplayFormatError(
-                f"{path}: add_count {add_count} goes back in time "
-                f"(the previous file reached row {files[-1].end_row})"
-            )
-        first_row = max(end_row - capacity, emitted, 0)
-        if first_row > emitted:
-            gaps.append((emitted, first_row))
-            log.warning(
-                "%s: rows %d..%d are in no file (a skipped or missing log)", path, emitted, first_row - 1
-            )
-        files.append(ReplayFile(suffix, position, add_count, end_row, first_row, capacity))
-        emitted = max(emitted, end_row)
-    if start_unknown:
-        log.warning(
-            "%s: the first checkpoint had wrapped before any log: the run's start is unknown", replay_dir
-        )
-    return files, gaps, start_unknown
-
-
-def _only_file_rows(replay_dir: Path, suffix: int, cursor: int, capacity: int) -> tuple[int, bool]:
-    """Rows seen when a run's only file, partial, was written; and whether earlier rows are unknown.
-
-    It never wrapped if it holds rows [0, cursor): slots [cursor, C-1) were never written (all zero; the
-    last slot may hold allocation leftovers, as in Dopamine's own files) and slots 0-2 hold the run's first
-    padding. If it wrapped, every earlier log was skipped, and slot C-2 holds padding left by the newest
-    skipped one (see `_log_skipped`): a terminal lies at most three rows before it, inside [cursor, C-1)
-    when the cursor is three rows or more before C-2. Otherwise the oldest rows lie inside that padding,
-    and the episode it opens has its first step in slot C-1, 0 or 1: a non-zero row among slots 0-2 where
-    a run's first padding would be or, for a one-step episode, a terminal in slot C-1 (which a buffer that
-    never wrapped never wrote). At cursor 0 the file holds C rows, and whether more came before cannot be
-    told: a buffer filled exactly without reaching a log looks like one that wrapped a whole number of
-    times, so the start is reported unknown.
-    """
-    arrays = _small_arrays(replay_dir, suffix, capacity)
-    if cursor == 0:
-        return (capacity, True) if arrays["terminal"].any() else (0, False)  # else nothing was ever added
-    if any(a[cursor : capacity - 1].any() for a in arrays.values()):
-        wrapped = True
-    elif cursor <= capacity - 2 - PADDING_ROWS:
-        wrapped = False
-    else:
-        wrapped = bool(arrays["terminal"][capacity - 1]) or not _head_is_padding(replay_dir, suffix, arrays)
-    return cursor + capacity * wrapped, wrapped
-
-
-def _head_is_padding(replay_dir: Path, suffix: int, arrays: dict[str, np.ndarray]) -> bool:
-    """Whether slots 0-2 hold padding, as at a run's start: all zero, frames included."""
-    head = range(PADDING_ROWS)
-    return not any(a[: head.stop].any() for a in arrays.values()) and not _frames_nonzero(
-        replay_dir, suffix, len(arrays["terminal"]), head
-    )
-
-
-def _partial_end_row(replay_dir: Path, previous: ReplayFile, suffix: int, cursor: int) -> int:
-    """Rows seen when the partial last file was written, which stores only the cursor `T % C`.
-
-    With no log since `previous`, `T` is the first count at or after `previous.end_row` congruent to the
-    cursor; with a skipped log in between, the whole file is new and `T` is (at least) a capacity later.
-    """
-    capacity = previous.capacity
-    end_row = previous.end_row + (cursor - previous.end_row) % capacity
-    path = _path(replay_dir, "add_count", suffix)
-    if suffix > previous.suffix + 1:
-        log.warning("%s: the checkpoints between %d and %d are missing", path, previous.suffix, suffix)
-        return end_row + capacity
-    before, now = (
-        _small_arrays(replay_dir, previous.suffix, capacity),
-        _small_arrays(replay_dir, suffix, capacity),
-    )
-    if _log_skipped(replay_dir, suffix, before, now, cursor):
-        log.warning("%s: a log was skipped after checkpoint %d: its rows are lost", path, previous.suffix)
-        return end_row + capacity
-    unchanged = np.ones(capacity, bool)  # slots not written since `previous`
-    unchanged[np.arange(previous.end_row, end_row) % capacity] = False
-    if not all(np.array_equal(before[k][unchanged], now[k][unchanged]) for k in before):
-        raise ReplayFormatError(
-            f"{path}: checkpoint {suffix} differs from checkpoint {previous.suffix} in slots written before "
-            f"checkpoint {previous.suffix} was logged: the two files are not from the same run"
-        )
-    return end_row
-
-
-def _log_skipped(
-    replay_dir: Path, suffix: int, before: dict[str, np.ndarray], now: dict[str, np.ndarray], cursor: int
-) -> bool:
-    """Whether a log was skipped between the last full file (`before`) and the partial last one (`now`).
-
-    A full file is logged right after the add() call that fills slot C-2, so slot C-2 then holds a step,
-    and nothing writes that slot again before the next log is due. A log is skipped only when one add()
-    call (an episode's three padding rows and its first step) runs past slot C-2, which then holds
-    padding. So `now` holds padding in slot C-2 exactly when a log was skipped since `before`.
-
-    Padding follows a terminal at most three rows before it. When `now`'s oldest rows start less than
-    three rows before slot C-2 and none is a terminal, they are padding if they are all zero where
-    `before` holds other values (its step), and otherwise the frame in slot C-2 tells: padding frames are
-    zero, a step's are not.
-    """
-    capacity = len(now["terminal"])
-    seam = capacity - 2
-    rows_before = min(PADDING_ROWS, (seam - cursor) % capacity)  # rows held before the seam, in time order
-    if now["terminal"][[(seam - j) % capacity for j in range(1, rows_before + 1)]].any():
-        return True
-    if rows_before == PADDING_ROWS:
-        return False
-    oldest = slice(cursor, seam + 1)  # the oldest rows, up to the seam
-    if any(a[oldest].any() for a in now.values()):
-        return False
-    if any(a[oldest].any() for a in before.values()):
-        return True
-    return not _frames_nonzero(replay_dir, suffix, capacity, range(seam, seam + 1))
-
-
-def _frames_nonzero(replay_dir: Path, suffix: int, capacity: int, slots: range) -> bool:
-    """Whether any frame in `slots` is non-zero; inflates the observation file up to the last of them."""
-    path = _path(replay_dir, "observation", suffix)
-    with NpyGzReader(path) as reader:
-        check_observation_header(reader, capacity)
-        start = 0
-        for chunk in reader.iter_chunks(256):
-            lo, hi = max(slots.start, start), min(slots.stop, start + len(chunk))
-            if lo < hi and chunk[lo - start : hi - start].any():
-                return True
-            start += len(chunk)
-            if start >= slots.stop:
-                break
-    return False
-
-
-def check_observation_header(reader: NpyGzReader, capacity: int) -> None:
-    """An observation file holds one uint8 84x84 frame per slot."""
-    if reader.dtype != np.uint8 or reader.shape != (capacity, 84, 84):
-        raise ReplayFormatError(
-            f"{reader.path}: expected uint8 frames of shape ({capacity}, 84, 84), "
-            f"got {reader.dtype} {reader.shape}"
-        )
-
-
-def _small_arrays(replay_dir: Path, suffix: int, capacity: int) -> dict[str, np.ndarray]:
-    arrays = {}
-    for kind in ("action", "reward", "terminal"):
-        dtype, _ = STORE_SPECS[kind]
-        arrays[kind] = load_array(_path(replay_dir, kind, suffix), dtype=dtype, shape=(capacity,))
-    return arrays
 
 
 class _EpisodeSplitter:
@@ -338,13 +128,12 @@ class _EpisodeSplitter:
             )
         self.open_start = None
 
-    def feed(self, path: Path, file: ReplayFile, arrays: dict[str, np.ndarray]) -> None:
-        """Consume this file's new rows (global rows [first_row, end_row)) in time order."""
+    def feed(self, path: Path, file: ReplayFile, rows: Arrays) -> None:
+        """Consume this file's new rows (global rows [first_row, end_row)), given in time order."""
         start, stop = file.first_row, file.end_row
         if stop <= start:
             return
-        slots = file.slots(start, stop)
-        fields = [arrays["action"][slots], arrays["reward"][slots], arrays["terminal"][slots]]
+        fields = [rows["action"], rows["reward"], rows["terminal"]]
         row = start
         for t_row in [*(start + np.flatnonzero(fields[2])).tolist(), None]:
             seg_stop = stop if t_row is None else t_row + 1
@@ -387,28 +176,91 @@ class _EpisodeSplitter:
         return self.episodes
 
 
+def _small_arrays(replay_dir: Path, suffix: int, capacity: int | None) -> Arrays:
+    """A file's action, reward and terminal arrays; the first file's length sets the run's capacity."""
+    arrays = {}
+    for kind in ("action", "reward", "terminal"):
+        path = replay_path(replay_dir, kind, suffix)
+        arrays[kind] = array = load_array(path, dtype=STORE_SPECS[kind][0])
+        if array.ndim != 1 or (capacity is not None and len(array) != capacity):
+            expected = f"({capacity},)" if capacity is not None else "one dimension"
+            raise ReplayFormatError(f"{path}: shape {array.shape}, expected {expected}")
+        capacity = len(array)
+    return arrays
+
+
+def _new_rows(arrays: Arrays, file: ReplayFile) -> Arrays:
+    """The file's new rows in time order: at most two runs of slots, copied."""
+    first, n = file.first_row % file.capacity, file.new_rows
+    head = min(n, file.capacity - first)
+    return {k: np.concatenate([a[first : first + head], a[: n - head]]) for k, a in arrays.items()}
+
+
+def _held_rows(replay_dir: Path, file: ReplayFile, rows: Arrays) -> HeldRows:
+    actions, rewards = rows["action"], rows["reward"]
+    bad = np.flatnonzero((actions < 0) | (actions > np.iinfo(np.uint8).max))
+    if bad.size:
+        raise ReplayFormatError(
+            f"{replay_path(replay_dir, 'action', file.suffix)}: action {actions[bad[0]]} at global row "
+            f"{file.first_row + bad[0]} is not an action index from 0 to 255 (Atari games have at most 18)"
+        )
+    unit = ((rewards == 0) | (np.abs(rewards) == 1)).all()
+    return HeldRows(actions.astype(np.uint8), rewards.astype(np.int8) if unit else rewards)
+
+
 def index_run(replay_dir: Path | str) -> RunIndex:
-    """Place every file of a run in time order and list its episodes, reading only the small arrays."""
+    """Place every file of a run in time order, list its episodes and keep its rows' values compactly.
+
+    Each small file is inflated once; at most two files' whole arrays are held at a time (the partial
+    last file is placed by comparing it with the previous one).
+    """
     replay_dir = Path(replay_dir)
     suffixes = _check_suffixes(replay_dir)
-    capacity = _capacity(replay_dir, suffixes[0])
-    files, gaps, start_unknown = _plan_files(replay_dir, suffixes, capacity)
+    index = RunIndex(replay_dir, 0, [])
+    capacity: int | None = None  # the first file's
     splitter = _EpisodeSplitter()
-    if start_unknown:
-        splitter.gap()
-    gap_starts = {stop for _, stop in gaps}
-    for file in files:
-        if file.new_rows and file.first_row in gap_starts:
+    terminal_rows = []
+    emitted = 0  # rows [0, emitted) are accounted for (held or gap)
+    previous: tuple[ReplayFile, Arrays] | None = None
+    for position, suffix in enumerate(suffixes):
+        arrays = _small_arrays(replay_dir, suffix, capacity)
+        index.capacity = capacity = len(arrays["terminal"])
+        path = replay_path(replay_dir, "add_count", suffix)
+        add_count = int(load_array(path, dtype=np.int64, shape=()))
+        if add_count < 0:
+            raise ReplayFormatError(f"{path}: negative add_count {add_count}")
+        end, unknown = end_row(replay_dir, suffix, add_count, arrays, previous, position == len(suffixes) - 1)
+        if end < emitted:
+            raise ReplayFormatError(
+                f"{path}: add_count {add_count} goes back in time (the previous file reached row {emitted})"
+            )
+        file = ReplayFile(suffix, position, add_count, end, max(end - capacity, emitted, 0), capacity)
+        if unknown:
+            index.start_unknown = True
+            log.warning(
+                "%s: the first checkpoint had wrapped before any log: the run's start is unknown", path
+            )
             splitter.gap()
-        arrays = _small_arrays(replay_dir, file.suffix, capacity)
-        splitter.feed(_path(replay_dir, "terminal", file.suffix), file, arrays)
-    index = RunIndex(replay_dir, capacity, files, splitter.finish(), gaps, start_unknown)
+        if file.first_row > emitted:
+            index.gaps.append((emitted, file.first_row))
+            log.warning(
+                "%s: rows %d..%d are in no file (a skipped or missing log)", path, emitted, file.first_row - 1
+            )
+            splitter.gap()
+        rows = _new_rows(arrays, file)
+        splitter.feed(replay_path(replay_dir, "terminal", suffix), file, rows)
+        index.held[position] = _held_rows(replay_dir, file, rows)
+        terminal_rows.append(file.first_row + np.flatnonzero(rows["terminal"]))
+        index.files.append(file)
+        emitted, previous = end, (file, arrays)
+    index.episodes = splitter.finish()
+    index.terminal_rows = np.concatenate(terminal_rows)
     log.info(
         "%s: %d files, %d episodes (%d truncated), %d rows in gaps",
         replay_dir,
-        len(files),
+        len(index.files),
         len(index.episodes),
         sum(e.truncated for e in index.episodes),
-        sum(b - a for a, b in gaps),
+        sum(b - a for a, b in index.gaps),
     )
     return index
