@@ -126,8 +126,8 @@ def _partial_end_row(
     if _log_skipped(replay_dir, suffix, before, now, cursor):
         log.warning("%s: a log was skipped after checkpoint %d: its rows are lost", path, previous.suffix)
         return end + capacity
-    unchanged = np.ones(capacity, bool)  # slots not written since `previous`
-    unchanged[np.arange(previous.end_row, end) % capacity] = False
+    # the slots not written since `previous` (whose last row sits in slot C-2): from the cursor to C-2
+    unchanged = slice(cursor, capacity - 1) if end > previous.end_row else slice(None)
     if not all(np.array_equal(before[k][unchanged], now[k][unchanged]) for k in before):
         raise ReplayFormatError(
             f"{path}: checkpoint {suffix} differs from checkpoint {previous.suffix} in slots written before "

@@ -196,6 +196,15 @@ def _new_rows(arrays: Arrays, file: ReplayFile) -> Arrays:
     return {k: np.concatenate([a[first : first + head], a[: n - head]]) for k, a in arrays.items()}
 
 
+def _split_new_rows(
+    splitter: _EpisodeSplitter, replay_dir: Path, file: ReplayFile, arrays: Arrays
+) -> tuple[HeldRows, np.ndarray]:
+    """Feed the file's new rows to the splitter; return their compact values and their terminal rows."""
+    rows = _new_rows(arrays, file)
+    splitter.feed(replay_path(replay_dir, "terminal", file.suffix), file, rows)
+    return _held_rows(replay_dir, file, rows), file.first_row + np.flatnonzero(rows["terminal"])
+
+
 def _held_rows(replay_dir: Path, file: ReplayFile, rows: Arrays) -> HeldRows:
     actions, rewards = rows["action"], rows["reward"]
     bad = np.flatnonzero((actions < 0) | (actions > np.iinfo(np.uint8).max))
@@ -247,10 +256,8 @@ def index_run(replay_dir: Path | str) -> RunIndex:
                 "%s: rows %d..%d are in no file (a skipped or missing log)", path, emitted, file.first_row - 1
             )
             splitter.gap()
-        rows = _new_rows(arrays, file)
-        splitter.feed(replay_path(replay_dir, "terminal", suffix), file, rows)
-        index.held[position] = _held_rows(replay_dir, file, rows)
-        terminal_rows.append(file.first_row + np.flatnonzero(rows["terminal"]))
+        index.held[position], terminals = _split_new_rows(splitter, replay_dir, file, arrays)
+        terminal_rows.append(terminals)
         index.files.append(file)
         emitted, previous = end, (file, arrays)
     index.episodes = splitter.finish()
