@@ -6,6 +6,9 @@ Every measurement then runs in a fresh subprocess of this script, so its peak RS
 
 * `reader`     `index_run` + `extract_frames` of every episode (truncated ones too) into a discarding
                sink: the reader's raw throughput;
+* `rows`       `index_run` + `extract_rows` of every whole episode: the pass over the small per-row
+               arrays (action, reward, terminal, add_count) that every subsample makes, with how often
+               each small file was opened and the bytes per row the index keeps;
 * `subsample`  `build_store` taking ~10% of the transitions (the paper's ratio) into a scratch store;
 * `reference`  `np.load(gzip.open(f))` of the full observation file, as the reference code does;
 * `raw`        `igzip.open(f).readinto` of the same file into a `--chunk-rows` buffer, no numpy: the
@@ -13,8 +16,9 @@ Every measurement then runs in a fresh subprocess of this script, so its peak RS
 * `raw-direct` the same through the `io.BufferedReader` inside `IGzipFile`, which skips a copy: the floor
                ISA-L allows, for finding where the reader's time goes.
 
-Throughput is inflated observation bytes (MB = 10^6 bytes) per wall second and per CPU second of the
-process (`time.process_time`); the reader is single-threaded, so MB/s per CPU second is MB/s per core.
+Throughput is inflated observation bytes (small-array bytes for `rows`; MB = 10^6 bytes) per wall
+second and per CPU second of the process (`time.process_time`); the reader is single-threaded, so MB/s
+per CPU second is MB/s per core.
 Peak RSS is the process's `VmHWM` (see `_peak_rss_bytes`). Files are read once before measuring, so
 every figure is with the compressed files in the page cache.
 
@@ -35,6 +39,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -43,12 +48,12 @@ import numpy as np
 from isal import igzip
 
 import jowa.data.subsample as subsample
-from jowa.data.dopamine_format import NpyGzReader, checkpoint_filename
-from jowa.data.extract import extract_frames
+from jowa.data.dopamine_format import STORE_SPECS, NpyGzReader, checkpoint_filename, parse_checkpoint_filename
+from jowa.data.extract import extract_frames, extract_rows
 from jowa.data.replay import index_run
 
 ROOT = Path(__file__).resolve().parent.parent
-KINDS = ("reader", "subsample", "reference", "raw", "raw-direct")
+KINDS = ("reader", "rows", "subsample", "reference", "raw", "raw-direct")
 RUN = 1  # run number of the generated run in the Dopamine layout `{Game}/{run}/replay_logs`
 MB = 1e6
 TARGET_MB_PER_S_PER_CORE = 1500.0
@@ -235,6 +240,44 @@ def measure_reader(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def measure_rows(args: argparse.Namespace) -> dict[str, Any]:
+    """`index_run` + `extract_rows` of every whole episode, counting opens of the run's files.
+
+    Opens are counted from Python's `open` audit events; a small file's inflated size follows from its
+    kind and the capacity (`add_count` files hold one int64).
+    """
+    opens: Counter[str] = Counter()
+
+    def count(event: str, hook_args: tuple) -> None:
+        if event == "open" and isinstance(hook_args[0], str | os.PathLike):
+            parsed = parse_checkpoint_filename(Path(hook_args[0]).name)
+            if parsed is not None:
+                opens[parsed[0]] += 1
+
+    sys.addaudithook(count)  # this process makes one measurement and exits: the hook needs no removal
+    index = index_run(args.replay_dir)
+    episodes = index.whole_episodes()
+    rows = extract_rows(index, episodes)
+    itemsize = {kind: dtype.itemsize for kind, (dtype, _) in STORE_SPECS.items()} | {"add_count": 8}
+    small = {kind: n for kind, n in opens.items() if kind in ("action", "reward", "terminal", "add_count")}
+    inflated = sum(
+        n * itemsize[kind] * (1 if kind == "add_count" else index.capacity) for kind, n in small.items()
+    )
+    held = sum(h.actions.nbytes + h.rewards.nbytes for h in index.held.values()) + index.terminal_rows.nbytes
+    held_rows = sum(f.new_rows for f in index.files)
+    return {
+        "inflated_bytes": inflated,
+        "files": index.num_files,
+        "small_file_opens": dict(small),
+        "small_file_opens_per_file": round(sum(small.values()) / (4 * index.num_files), 2),
+        "observation_file_opens": opens["observation"],
+        "rows_held": held_rows,
+        "held_bytes_per_row": round(held / held_rows, 3),
+        "rows_extracted": len(rows.actions),
+        "episodes": len(episodes),
+    }
+
+
 def measure_subsample(args: argparse.Namespace) -> dict[str, Any]:
     """`build_store` of ~`--fraction` of the run's transitions into a scratch store, then removed."""
     counted = {"bytes": 0}
@@ -307,6 +350,7 @@ def _read_raw(args: argparse.Namespace, direct: bool) -> dict[str, Any]:
 
 MEASURES: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
     "reader": measure_reader,
+    "rows": measure_rows,
     "subsample": measure_subsample,
     "reference": measure_reference,
     "raw": measure_raw,
@@ -422,7 +466,7 @@ def verdict(results: dict[str, Any], rows: list[int]) -> dict[str, Any]:
     if all(v is not None for v in [*per_core.values(), *floor.values()]):
         out["reader_share_of_inflate_floor"] = {str(n): round(per_core[n] / floor[n], 3) for n in rows}
     lo, hi = min(rows), max(rows)
-    for kind in ("reader", "subsample", "reference"):
+    for kind in ("reader", "rows", "subsample", "reference"):
         rss = {n: results[str(n)]["measurements"].get(kind, {}).get("peak_rss_MB") for n in rows}
         if any(v is None for v in rss.values()):
             continue

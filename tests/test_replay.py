@@ -8,15 +8,30 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 import shutil
+import sys
+from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from jowa.data.dopamine_format import NpyGzReader, ReplayFormatError, checkpoint_filename, list_suffixes
+from jowa.data.dopamine_format import (
+    META_KINDS,
+    STORE_KINDS,
+    NpyGzReader,
+    ReplayFormatError,
+    checkpoint_filename,
+    list_suffixes,
+)
 from jowa.data.extract import read_episodes
+from jowa.data.generate import DopamineReplayWriter
+from jowa.data.manifest import write_manifest
 from jowa.data.replay import index_run
+from jowa.data.subsample import build_store
 
 FIXTURE = Path(__file__).resolve().parent / "reference" / "dopamine_fixture"
 RUNS = ["Long/1", "Short/1", "Edge/1"]
@@ -106,6 +121,15 @@ def copy_run(tmp_path: Path, run: str = "Long/1") -> Path:
     return dest
 
 
+def rewrite(path: Path, change: Callable[[np.ndarray], None]) -> None:
+    """Load a replay array, change it in place, and write it back the way Dopamine does."""
+    with gzip.open(path) as fh:
+        array = np.load(fh)
+    change(array)
+    with gzip.open(path, "wb") as fh:
+        np.save(fh, array)
+
+
 def test_missing_suffix_becomes_a_gap_that_cuts_episodes(tmp_path: Path) -> None:
     replay_dir = copy_run(tmp_path)
     for kind in ("observation", "action", "reward", "terminal", "add_count", "invalid_range"):
@@ -150,11 +174,120 @@ def test_corrupt_gzip_names_the_file(tmp_path: Path) -> None:
 
 def test_non_zero_padding_row_is_an_error(tmp_path: Path) -> None:
     replay_dir = copy_run(tmp_path)
-    path = replay_dir / checkpoint_filename("action", 0)
-    with gzip.open(path) as fh:
-        actions = np.load(fh)
-    actions[0] = 3  # slot 0 of the first file is the run's first padding row
-    with gzip.open(path, "wb") as fh:
-        np.save(fh, actions)
+
+    def change(actions: np.ndarray) -> None:
+        actions[0] = 3  # slot 0 of the first file is the run's first padding row
+
+    rewrite(replay_dir / checkpoint_filename("action", 0), change)
     with pytest.raises(ReplayFormatError, match=r"padding rows from global row 0"):
         index_run(replay_dir)
+
+
+def test_partial_file_from_another_run_is_an_error(tmp_path: Path) -> None:
+    replay_dir = copy_run(tmp_path)  # suffix 11 is partial (cursor 7); its slots 7..38 are stale copies
+
+    def change(actions: np.ndarray) -> None:
+        actions[20] = (actions[20] + 1) % 6
+
+    rewrite(replay_dir / checkpoint_filename("action", 11), change)
+    with pytest.raises(
+        ReplayFormatError, match=r"add_count_ckpt\.11\.gz: checkpoint 11 differs from checkpoint 10"
+    ):
+        index_run(replay_dir)
+
+
+def test_missing_checkpoint_before_the_partial_file_places_it_a_wrap_later(tmp_path: Path) -> None:
+    replay_dir = copy_run(tmp_path)
+    for kind in ("observation", "action", "reward", "terminal", "add_count", "invalid_range"):
+        (replay_dir / checkpoint_filename(kind, 10)).unlink()
+    index = index_run(replay_dir)
+    assert index.files[-1].end_row == truth_runs()["Long/1"]["final_add_count"]
+    assert index.gaps == [(399, 407)]  # suffix 10 held rows 399..438; the partial file holds 407..446
+    ids = [i for _, _, frames in read_episodes(replay_dir) for i in step_ids(frames)]
+    assert ids == sorted(held_step_ids(replay_dir))
+
+
+def test_full_checkpoint_add_count_must_precede_a_multiple_of_the_capacity(tmp_path: Path) -> None:
+    replay_dir = copy_run(tmp_path)
+
+    def change(add_count: np.ndarray) -> None:
+        add_count[...] = 158
+
+    rewrite(replay_dir / checkpoint_filename("add_count", 3), change)
+    with pytest.raises(ReplayFormatError, match=r"add_count_ckpt\.3\.gz: add_count 158 is not one less than"):
+        index_run(replay_dir)
+
+
+_OPEN_COUNTS: list[Counter[str]] = []  # the counters of the `opened_files` blocks running now
+
+
+def _count_open(event: str, args: tuple) -> None:
+    if event == "open" and _OPEN_COUNTS and isinstance(args[0], str | os.PathLike):
+        _OPEN_COUNTS[-1][os.fspath(args[0])] += 1
+
+
+sys.addaudithook(_count_open)  # audit hooks cannot be removed: this one is idle outside `opened_files`
+
+
+@contextmanager
+def opened_files() -> Iterator[Counter[str]]:
+    """How often each path is opened inside the block, from Python's `open` audit events: nothing replaced."""
+    _OPEN_COUNTS.append(Counter())
+    try:
+        yield _OPEN_COUNTS[-1]
+    finally:
+        _OPEN_COUNTS.pop()
+
+
+def test_subsampling_inflates_each_small_file_once(tmp_path: Path) -> None:
+    replay_dir = tmp_path / "SpaceInvaders" / "1" / "replay_logs"
+    writer = DopamineReplayWriter(replay_dir, capacity=60, compresslevel=1)
+    rng = np.random.default_rng(0)
+    for _ in range(40):
+        length = int(rng.integers(1, 30))
+        for t in range(length):
+            writer.add(np.full((84, 84), 1, np.uint8), int(rng.integers(6)), 0.0, t == length - 1)
+    writer.finish()
+    write_manifest(replay_dir, tmp_path / "manifest.tsv")
+    suffixes = sorted(list_suffixes(replay_dir))
+    assert len(suffixes) > 5
+
+    with opened_files() as opens:
+        build_store(
+            game="SpaceInvaders",
+            replay_dirs={1: replay_dir},
+            manifests={1: tmp_path / "manifest.tsv"},
+            out=tmp_path / "store",
+            transitions_per_game=200,
+            seed=0,
+            progress=False,
+        )
+    of_run = {Path(path).name: n for path, n in opens.items() if Path(path).parent == replay_dir}
+    small = {checkpoint_filename(k, s) for k in (*STORE_KINDS[1:], META_KINDS[0]) for s in suffixes}
+    assert {name: of_run.get(name, 0) for name in small} == dict.fromkeys(small, 1)
+    frames = {name: n for name, n in of_run.items() if name.startswith("$store$_observation")}
+    assert frames and set(frames.values()) == {1} and set(of_run) <= small | set(frames)
+
+
+def test_action_outside_an_index_range_is_an_error(tmp_path: Path) -> None:
+    replay_dir = copy_run(tmp_path)
+
+    def change(actions: np.ndarray) -> None:
+        actions[10] = 300
+
+    rewrite(replay_dir / checkpoint_filename("action", 0), change)
+    with pytest.raises(
+        ReplayFormatError, match=r"action_ckpt\.0\.gz: action 300 at global row 10 is not an action"
+    ):
+        index_run(replay_dir)
+
+
+def test_rewards_other_than_minus_one_zero_one_come_back_exactly(tmp_path: Path) -> None:
+    replay_dir = copy_run(tmp_path)
+
+    def change(rewards: np.ndarray) -> None:
+        rewards[10] = 0.25  # global row 10: the 8th step of the first episode
+
+    rewrite(replay_dir / checkpoint_filename("reward", 0), change)
+    first, rows, _ = next(read_episodes(replay_dir))
+    assert first.start_row == 3 and rows.rewards.dtype == np.float32 and rows.rewards[7] == 0.25

@@ -2,19 +2,24 @@
 
 The writer reproduces Dopamine's files exactly (test_generate.py) and the reader reproduces Dopamine's
 truth (test_replay.py); here the two meet on many more shapes of runs than the fixture has: tiny
-capacities, episodes of one step, skipped logs, and a real ALE game.
+capacities, episodes of one step, skipped logs, runs that never logged a full file, and a real ALE game.
+What the reader must give back is worked out from the writer's side: which global row each step went
+to and which rows each logged file holds.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from jowa.data.dopamine_format import checkpoint_filename, list_suffixes, load_array
 from jowa.data.extract import read_episodes
 from jowa.data.generate import DopamineReplayWriter, generate_run
-from jowa.data.replay import index_run
+from jowa.data.replay import RunIndex, index_run
 
 
 def encoded(step: int) -> np.ndarray:
@@ -28,38 +33,157 @@ def decoded(frames: np.ndarray) -> list[int]:
     return (frames[:, 0, 0].astype(int) + 256 * frames[:, 0, 1].astype(int)).tolist()
 
 
+def noop(step: int) -> int:
+    """Action 0 with reward 0: in the small arrays such a step differs from padding by nothing."""
+    return 0
+
+
+def varied(step: int) -> int:
+    return 1 + step % 17
+
+
+@dataclass
+class Written:
+    """What the writer stored: each episode's steps and their global rows, and the rows files hold."""
+
+    capacity: int
+    steps: list[list[int]]  # step ids, per episode
+    rows: list[list[int]]  # the global row of each step, per episode
+    held_rows: set[int]  # rows some file holds: a log at count T holds rows [T - C, T)
+    add_count: int
+
+
+def write_run(
+    replay_dir: Path, capacity: int, lengths: list[int], action: Callable[[int], int] = varied
+) -> Written:
+    writer = DopamineReplayWriter(replay_dir, capacity=capacity, compresslevel=1)
+    steps, rows, logged_at, step = [], [], [], 0
+    for length in lengths:
+        steps.append(list(range(step, step + length)))
+        rows.append([])
+        for t in range(length):
+            if writer.add(encoded(step), action(step), 0.0, t == length - 1) is not None:
+                logged_at.append(writer.add_count)
+            rows[-1].append(writer.add_count - 1)
+            step += 1
+    writer.finish()
+    logged_at.append(writer.add_count)
+    held = {r for count in logged_at for r in range(max(0, count - capacity), count)}
+    return Written(capacity, steps, rows, held, writer.add_count)
+
+
+def check_round_trip(replay_dir: Path, written: Written) -> RunIndex:
+    """The reader gives back exactly what the files hold, whole episodes exactly, and says what is lost."""
+    index = index_run(replay_dir)
+    read = list(read_episodes(replay_dir))
+    held_steps = sorted(
+        s for ep_steps, ep_rows in zip(written.steps, written.rows, strict=True)
+        for s, r in zip(ep_steps, ep_rows, strict=True) if r in written.held_rows
+    )  # fmt: skip
+    # every step some file holds comes back exactly once, in time order, and nothing else does
+    assert [s for _, _, frames in read for s in decoded(frames)] == held_steps
+
+    # the run's start is unknown only if rows before the first file were lost, or if its only file holds
+    # exactly C rows (a buffer filled exactly without reaching a log looks like one that wrapped)
+    suffixes = list_suffixes(replay_dir)
+    only_full = len(suffixes) == 1 and index.files[0].add_count == 0
+    if index.start_unknown:
+        assert 0 not in written.held_rows or only_full
+    # an episode comes back whole exactly when every row from the previous episode's terminal (the run's
+    # start, for the first) to its own terminal is held, and then it is exactly what was written
+    expected_whole = [
+        ep_steps
+        for k, (ep_steps, ep_rows) in enumerate(zip(written.steps, written.rows, strict=True))
+        if (k > 0 or not index.start_unknown)
+        and written.held_rows.issuperset(range(written.rows[k - 1][-1] if k else 0, ep_rows[-1] + 1))
+    ]
+    assert [decoded(frames) for ep, _, frames in read if not ep.truncated] == expected_whole
+
+    # rows are lost exactly when a gap or an unknown start is reported, and the last file is placed at the
+    # writer's count (up to whole wraps lost in a gap, which no file can tell)
+    lost = len(written.held_rows) < written.add_count
+    assert bool(index.gaps or index.start_unknown) == (lost or only_full)
+    if not (index.gaps or index.start_unknown):
+        assert index.files[-1].end_row == written.add_count
+    assert (written.add_count - index.files[-1].end_row) % written.capacity == 0
+    return index
+
+
 @pytest.mark.parametrize(
     ("capacity", "max_len", "seed"),
     [(16, 1, 0), (9, 1, 1), (16, 3, 0), (16, 12, 1), (25, 6, 2), (11, 2, 5), (64, 40, 3), (8, 5, 4)],
 )
 def test_written_episodes_come_back(tmp_path: Path, capacity: int, max_len: int, seed: int) -> None:
     rng = np.random.default_rng(seed)
-    writer = DopamineReplayWriter(tmp_path, capacity=capacity)
-    episodes, step = [], 0
-    while step < 600:
-        length = int(rng.integers(1, max_len + 1))
-        episodes.append(list(range(step, step + length)))
-        for t in range(length):
-            writer.add(encoded(step), int(rng.integers(0, 18)), 0.0, t == length - 1)
-            step += 1
-    writer.finish()
+    lengths = [int(n) for n in rng.integers(1, max_len + 1, 600)]
+    lengths = lengths[: int(np.searchsorted(np.cumsum(lengths), 600)) + 1]
+    check_round_trip(tmp_path, write_run(tmp_path, capacity, lengths, lambda s: int(rng.integers(0, 18))))
 
-    held = set()
-    for ep, _, frames in read_episodes(tmp_path):
-        ids = decoded(frames)
-        assert ids == list(range(ids[0], ids[0] + len(ids)))  # in order, nothing in between
-        held.update(ids)
-        if not ep.truncated:
-            assert ids in episodes  # a whole episode is exactly one the writer wrote
-        else:
-            assert any(set(ids) <= set(e) for e in episodes)
-    index = index_run(tmp_path)
-    lost = {s for e in episodes for s in e} - held
-    # steps are lost exactly when a gap is reported, or the run's start is unknown (every log before the
-    # first file was skipped, so nothing tells how many rows came before)
-    assert bool(lost) == bool(index.gaps or index.start_unknown)
-    if not (index.gaps or index.start_unknown):
-        assert all(not ep.truncated for ep in index.episodes)
+
+# Runs whose placement hinges on the row in slot C-2: the step that triggered the last full log, or
+# padding left by a skipped log (an episode's first add() adds three padding rows and a step, and can
+# jump over the C-1 count that triggers a log). Each once with no-op steps, which the small arrays do
+# not tell from padding, and once with varied actions. `add_counts` pins the shape each case covers.
+SEAM_SHAPES = {
+    # never logged a full file; its last wrap left a one-step episode in slot C-1, padding before it
+    "one-step-episode-in-slot-C-1-of-an-unlogged-run": (8, [1, 1, 1], [4]),
+    # never logged a full file; its oldest rows are padding whose episode starts in slot 0
+    "episode-starting-across-the-wrap-of-an-unlogged-run": (7, [1, 4], [4]),
+    # never logged a full file; a one-step episode in slot 0, after padding in slots C-2 and C-1
+    "one-step-episode-in-slot-0-of-an-unlogged-run": (7, [1, 1, 1], [5]),
+    # a log skipped before the partial last file, whose oldest rows lie inside the padding at the seam
+    "skipped-log-then-partial-file-starting-in-padding": (5, [3, 2], [4, 1]),
+    # the same with one-step episodes, two wraps lost
+    "skipped-logs-then-partial-file-with-one-step-episodes": (6, [6, 4, 1, 1, 1], [5, 4]),
+    "skipped-log-then-one-step-episodes-in-the-partial-file": (7, [8, 1, 1], [6, 5]),
+}
+
+
+@pytest.mark.parametrize("action", [noop, varied], ids=["noop", "varied"])
+@pytest.mark.parametrize(("capacity", "lengths", "add_counts"), SEAM_SHAPES.values(), ids=SEAM_SHAPES.keys())
+def test_runs_placed_by_the_seam_come_back(
+    tmp_path: Path, capacity: int, lengths: list[int], add_counts: list[int], action: Callable
+) -> None:
+    written = write_run(tmp_path, capacity, lengths, action)
+    logged = [
+        int(load_array(tmp_path / checkpoint_filename("add_count", s)))
+        for s in sorted(list_suffixes(tmp_path))
+    ]
+    assert logged == add_counts
+    index = check_round_trip(tmp_path, written)
+    assert index.start_unknown == (len(add_counts) == 1) and len(index.gaps) == 1
+
+
+def fuzz_shape(rng: np.random.Generator) -> tuple[int, list[int], Callable[[int], int]]:
+    """A small run: capacity, episode lengths (one-step episodes in every mix) and an action pattern."""
+    capacity = int(rng.integers(5, 25))
+    mix = rng.integers(4)
+    count = int(rng.integers(2, 40))
+    if mix == 0:  # one-step episodes only
+        lengths = [1] * count
+    elif mix == 1:  # one or two steps
+        lengths = [int(n) for n in rng.integers(1, 3, count)]
+    elif mix == 2:  # one-step episodes among episodes longer than a wrap
+        lengths = [
+            1 if rng.random() < 0.3 else int(rng.integers(2, 3 * capacity)) for _ in range(count // 3 + 2)
+        ]
+    else:  # anything up to a little over a wrap
+        lengths = [int(n) for n in rng.integers(1, capacity + 5, count // 2 + 2)]
+    action = noop if rng.random() < 0.5 else varied
+    return capacity, lengths, action
+
+
+def test_seeded_fuzz_over_many_shapes(tmp_path: Path) -> None:
+    rng = np.random.default_rng(12)
+    for k in range(120):
+        capacity, lengths, action = fuzz_shape(rng)
+        replay_dir = tmp_path / str(k)
+        try:
+            check_round_trip(replay_dir, write_run(replay_dir, capacity, lengths, action))
+        except AssertionError as exc:
+            raise AssertionError(
+                f"shape {k}: capacity {capacity}, {action.__name__}, lengths {lengths}"
+            ) from exc
 
 
 def test_real_ale_run_reads_back_whole(tmp_path: Path) -> None:

@@ -13,8 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
-from jowa.data.dopamine_format import NpyGzReader, ReplayFormatError
-from jowa.data.replay import PADDING_ROWS, Episode, ReplayFile, RunIndex, index_run
+from jowa.data.dopamine_format import NpyGzReader
+from jowa.data.placement import PADDING_ROWS, ReplayFile, check_observation_header
+from jowa.data.replay import Episode, RunIndex, index_run
 
 
 def _pieces(index: RunIndex, start: int, stop: int) -> Iterator[tuple[ReplayFile, int, int]]:
@@ -73,19 +74,23 @@ class EpisodeArrays:
 
 
 def extract_rows(index: RunIndex, episodes: Sequence[Episode]) -> EpisodeArrays:
-    """Actions, rewards and terminals of `episodes`, concatenated (small arrays only)."""
-    total = sum(e.length for e in episodes)
-    out = EpisodeArrays(np.zeros(total, np.int32), np.zeros(total, np.float32), np.zeros(total, np.uint8))
-    plan = _plan(index, episodes, 0)
-    for file in index.files:
-        if file.position not in plan:
-            continue
-        arrays = index.small_arrays(file)
-        for run in plan[file.position]:
-            src, dst = slice(run.slot, run.slot + run.n), slice(run.dest, run.dest + run.n)
-            out.actions[dst] = arrays["action"][src]
-            out.rewards[dst] = arrays["reward"][src]
-            out.terminals[dst] = arrays["terminal"][src]
+    """Actions, rewards and terminals of `episodes`, concatenated, from the values the index holds."""
+    lengths = np.array([e.length for e in episodes], np.int64)
+    out = EpisodeArrays(
+        np.zeros(lengths.sum(), np.int32),
+        np.zeros(lengths.sum(), np.float32),
+        np.zeros(lengths.sum(), np.uint8),
+    )
+    dest = 0
+    for episode in episodes:
+        for file, lo, hi in _pieces(index, episode.start_row, episode.start_row + episode.length):
+            held = index.held[file.position]
+            src = slice(lo - file.first_row, hi - file.first_row)
+            dst = slice(dest + lo - episode.start_row, dest + hi - episode.start_row)
+            out.actions[dst] = held.actions[src]
+            out.rewards[dst] = held.rewards[src]
+        dest += episode.length
+    out.terminals[(np.cumsum(lengths) - 1)[index.ends_in_terminal(episodes)]] = 1
     return out
 
 
@@ -112,11 +117,7 @@ def extract_frames(
             continue
         path = index.path("observation", file)
         with NpyGzReader(path) as reader:
-            if reader.dtype != np.uint8 or reader.shape != (file.capacity, 84, 84):
-                raise ReplayFormatError(
-                    f"{path}: expected uint8 frames of shape ({file.capacity}, 84, 84), "
-                    f"got {reader.dtype} {reader.shape}"
-                )
+            check_observation_header(reader, file.capacity)
             _scatter(reader, plan[file.position], sink, chunk_rows, on_bytes)
 
 

@@ -1,14 +1,11 @@
-"""Rebuild a DQN-Replay run in time order and find its episodes, streaming.
+"""Rebuild a DQN-Replay run in time order and find its episodes, reading each small file once.
 
-A run is a sequence of circular-buffer snapshots (see docs: dqn-replay-format §1.5–1.7). This module
-never trusts suffix numbers or stored order. Each file's `add_count` tells which global rows it holds:
-a file whose buffer had seen `T` rows holds rows `[T - C, T)`, row `r` in slot `r % C`. A full file's
-`T` is its `add_count`; the partial last file stores the cursor `c`, and its `T` is the first count
-after the previous file's that is congruent to `c`. Rows already emitted by an earlier file (the stale
-tail of the partial file) are skipped; rows no file holds form a gap.
-
-Indexing (`index_run`) reads only the small per-row arrays, so it costs a few MB per file. Frames are
-pulled later by `jowa.data.extract`, which inflates each observation file once, in chunks.
+A run is a sequence of circular-buffer snapshots (see docs: dqn-replay-format §1.5–1.7). `index_run`
+reads each file's small per-row arrays (action, reward, terminal) once, places the file on the run's
+global row axis (`jowa.data.placement`), cuts its new rows into episodes (padding after terminals, gaps,
+the run's end) and keeps those rows in time order, compactly: actions as uint8 and rewards as int8 (as
+float32 if a file holds other values than -1, 0 and 1), about 2 bytes per row, plus one row number per
+terminal. `jowa.data.extract` takes per-row arrays from there and inflates only observation files.
 """
 
 from __future__ import annotations
@@ -22,37 +19,15 @@ import numpy as np
 
 from jowa.data.dopamine_format import (
     ALL_KINDS,
-    STACK_SIZE,
     STORE_SPECS,
-    NpyGzReader,
     ReplayFormatError,
     checkpoint_filename,
     list_suffixes,
     load_array,
 )
+from jowa.data.placement import PADDING_ROWS, Arrays, ReplayFile, end_row, replay_path
 
 log = logging.getLogger(__name__)
-PADDING_ROWS = STACK_SIZE - 1
-
-
-@dataclass(frozen=True)
-class ReplayFile:
-    """One checkpoint suffix and the global rows `[first_row, end_row)` it contributes."""
-
-    suffix: int
-    position: int  # index among the run's files, in suffix order (a time axis for data quality)
-    add_count: int
-    end_row: int  # rows the buffer had seen when this file was written
-    first_row: int  # first row not held by an earlier file
-    capacity: int
-
-    @property
-    def new_rows(self) -> int:
-        return max(0, self.end_row - self.first_row)
-
-    def slots(self, start: int, stop: int) -> np.ndarray:
-        """Buffer slots of global rows [start, stop), which must lie inside this file."""
-        return np.arange(start, stop, dtype=np.int64) % self.capacity
 
 
 @dataclass(frozen=True)
@@ -66,9 +41,17 @@ class Episode:
     after_gap: bool = False  # starts right after rows no file holds
 
 
+@dataclass(frozen=True)
+class HeldRows:
+    """The per-row values of a file's new rows, global rows [first_row, end_row), in time order."""
+
+    actions: np.ndarray  # uint8: an index into the game's minimal action set, as stored
+    rewards: np.ndarray  # int8 when all are -1, 0 or 1 (always, in DQN-Replay), else float32
+
+
 @dataclass
 class RunIndex:
-    """Everything about a run that the small arrays tell: files, episodes, gaps."""
+    """Everything about a run that the small arrays tell: files, episodes, gaps, and the per-row values."""
 
     replay_dir: Path
     capacity: int
@@ -76,6 +59,8 @@ class RunIndex:
     episodes: list[Episode] = field(default_factory=list)
     gaps: list[tuple[int, int]] = field(default_factory=list)  # [start, stop) global rows no file holds
     start_unknown: bool = False  # every log before the first file was skipped: earlier rows are unknown
+    held: dict[int, HeldRows] = field(default_factory=dict)  # by file position
+    terminal_rows: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # sorted
 
     @property
     def num_files(self) -> int:
@@ -85,15 +70,11 @@ class RunIndex:
         return [e for e in self.episodes if not e.truncated]
 
     def path(self, kind: str, file: ReplayFile) -> Path:
-        return _path(self.replay_dir, kind, file.suffix)
+        return replay_path(self.replay_dir, kind, file.suffix)
 
-    def small_arrays(self, file: ReplayFile) -> dict[str, np.ndarray]:
-        """The file's action, reward and terminal arrays, whole."""
-        return _small_arrays(self.replay_dir, file)
-
-
-def _path(replay_dir: Path, kind: str, suffix: int) -> Path:
-    return replay_dir / checkpoint_filename(kind, suffix)
+    def ends_in_terminal(self, episodes: Sequence[Episode]) -> np.ndarray:
+        """Per episode, whether its last row is a terminal (not so for one cut by a gap or the run's end)."""
+        return np.isin([e.start_row + e.length - 1 for e in episodes], self.terminal_rows)
 
 
 def _check_suffixes(replay_dir: Path) -> list[int]:
@@ -114,106 +95,6 @@ def _check_suffixes(replay_dir: Path) -> list[int]:
             "%s: no files for checkpoint suffixes %s; their rows are reported as gaps", replay_dir, absent
         )
     return suffixes
-
-
-def _capacity(replay_dir: Path, suffix: int) -> int:
-    path = _path(replay_dir, "action", suffix)
-    with NpyGzReader(path) as reader:
-        if reader.dtype != STORE_SPECS["action"][0] or len(reader.shape) != 1:
-            raise ReplayFormatError(f"{path}: expected a 1-d int32 array, got {reader.shape} {reader.dtype}")
-        return reader.shape[0]
-
-
-def _plan_files(
-    replay_dir: Path, suffixes: Sequence[int], capacity: int
-) -> tuple[list[ReplayFile], list, bool]:
-    """Place every file on the global row axis from its add_count; find gaps and duplicates.
-
-    Also says whether the run's start is unknown: the first file is partial yet had wrapped, so every
-    earlier log was skipped and how many rows came before cannot be told.
-    """
-    start_unknown = False
-    files: list[ReplayFile] = []
-    gaps: list[tuple[int, int]] = []
-    emitted = 0  # rows [0, emitted) are accounted for (held or gap)
-    for position, suffix in enumerate(suffixes):
-        path = _path(replay_dir, "add_count", suffix)
-        add_count = int(load_array(path, dtype=np.int64, shape=()))
-        if add_count < 0:
-            raise ReplayFormatError(f"{path}: negative add_count {add_count}")
-        if add_count >= capacity:
-            end_row = add_count
-        elif not files:  # the only file of a run shorter than the capacity, or every earlier log skipped
-            start_unknown = _wrapped(replay_dir, suffix, add_count, capacity)
-            end_row = add_count + capacity * start_unknown
-        elif position == len(suffixes) - 1:  # the partial last file stores the cursor only
-            end_row = _partial_end_row(replay_dir, files[-1], suffix, add_count, emitted)
-        else:
-            raise ReplayFormatError(
-                f"{path}: add_count {add_count} is below the capacity {capacity}, which only the last "
-                f"checkpoint of a run may have (suffixes present: {suffixes[0]}..{suffixes[-1]})"
-            )
-        if files and end_row < files[-1].end_row:
-            raise ReplayFormatError(
-                f"{path}: add_count {add_count} goes back in time "
-                f"(the previous file reached row {files[-1].end_row})"
-            )
-        first_row = max(end_row - capacity, emitted, 0)
-        if first_row > emitted:
-            gaps.append((emitted, first_row))
-            log.warning(
-                "%s: rows %d..%d are in no file (a skipped or missing log)", path, emitted, first_row - 1
-            )
-        files.append(ReplayFile(suffix, position, add_count, end_row, first_row, capacity))
-        emitted = max(emitted, end_row)
-    if start_unknown:
-        log.warning(
-            "%s: the first checkpoint had wrapped before any log: the run's start is unknown", replay_dir
-        )
-    return files, gaps, start_unknown
-
-
-def _wrapped(replay_dir: Path, suffix: int, cursor: int, capacity: int) -> bool:
-    """Whether a first file with `add_count < C` had wrapped: its slots past the cursor hold episode ends.
-
-    A buffer that never wrapped has never written those slots (zero, or allocation leftovers in the last
-    slot as seen in Dopamine's own files); one whose every earlier log was skipped holds real rows there.
-    """
-    terminals = load_array(_path(replay_dir, "terminal", suffix), dtype=np.uint8, shape=(capacity,))
-    return bool(terminals[cursor : capacity - 1].any())
-
-
-def _partial_end_row(replay_dir: Path, previous: ReplayFile, suffix: int, cursor: int, emitted: int) -> int:
-    """Rows seen when the partial last file was written, which stores only the cursor `T % C`.
-
-    If no log was skipped since `previous`, `T` is the first count >= `emitted` congruent to the cursor,
-    and every slot this file did not write since then still holds exactly what `previous` holds. If a
-    whole wrap went unlogged in between, those slots were overwritten: `T` is then (at least) one
-    capacity later and the whole file is new.
-    """
-    capacity = previous.capacity
-    end_row = emitted + (cursor - emitted) % capacity
-    current = ReplayFile(suffix, previous.position + 1, cursor, end_row, emitted, capacity)
-    unchanged = np.ones(capacity, bool)
-    unchanged[current.slots(emitted, end_row)] = False  # slots written since `previous`
-    before, now = _small_arrays(replay_dir, previous), _small_arrays(replay_dir, current)
-    if all(np.array_equal(before[k][unchanged], now[k][unchanged]) for k in before):
-        return end_row
-    log.warning(
-        "%s: the partial last file differs from checkpoint %d outside the slots written since: a log was "
-        "skipped in between",
-        _path(replay_dir, "add_count", suffix),
-        previous.suffix,
-    )
-    return end_row + capacity
-
-
-def _small_arrays(replay_dir: Path, file: ReplayFile) -> dict[str, np.ndarray]:
-    arrays = {}
-    for kind in ("action", "reward", "terminal"):
-        dtype, _ = STORE_SPECS[kind]
-        arrays[kind] = load_array(_path(replay_dir, kind, file.suffix), dtype=dtype, shape=(file.capacity,))
-    return arrays
 
 
 class _EpisodeSplitter:
@@ -247,13 +128,12 @@ class _EpisodeSplitter:
             )
         self.open_start = None
 
-    def feed(self, path: Path, file: ReplayFile, arrays: dict[str, np.ndarray]) -> None:
-        """Consume this file's new rows (global rows [first_row, end_row)) in time order."""
+    def feed(self, path: Path, file: ReplayFile, rows: Arrays) -> None:
+        """Consume this file's new rows (global rows [first_row, end_row)), given in time order."""
         start, stop = file.first_row, file.end_row
         if stop <= start:
             return
-        slots = file.slots(start, stop)
-        fields = [arrays["action"][slots], arrays["reward"][slots], arrays["terminal"][slots]]
+        fields = [rows["action"], rows["reward"], rows["terminal"]]
         row = start
         for t_row in [*(start + np.flatnonzero(fields[2])).tolist(), None]:
             seg_stop = stop if t_row is None else t_row + 1
@@ -296,28 +176,98 @@ class _EpisodeSplitter:
         return self.episodes
 
 
+def _small_arrays(replay_dir: Path, suffix: int, capacity: int | None) -> Arrays:
+    """A file's action, reward and terminal arrays; the first file's length sets the run's capacity."""
+    arrays = {}
+    for kind in ("action", "reward", "terminal"):
+        path = replay_path(replay_dir, kind, suffix)
+        arrays[kind] = array = load_array(path, dtype=STORE_SPECS[kind][0])
+        if array.ndim != 1 or (capacity is not None and len(array) != capacity):
+            expected = f"({capacity},)" if capacity is not None else "one dimension"
+            raise ReplayFormatError(f"{path}: shape {array.shape}, expected {expected}")
+        capacity = len(array)
+    return arrays
+
+
+def _new_rows(arrays: Arrays, file: ReplayFile) -> Arrays:
+    """The file's new rows in time order: at most two runs of slots, copied."""
+    first, n = file.first_row % file.capacity, file.new_rows
+    head = min(n, file.capacity - first)
+    return {k: np.concatenate([a[first : first + head], a[: n - head]]) for k, a in arrays.items()}
+
+
+def _split_new_rows(
+    splitter: _EpisodeSplitter, replay_dir: Path, file: ReplayFile, arrays: Arrays
+) -> tuple[HeldRows, np.ndarray]:
+    """Feed the file's new rows to the splitter; return their compact values and their terminal rows."""
+    rows = _new_rows(arrays, file)
+    splitter.feed(replay_path(replay_dir, "terminal", file.suffix), file, rows)
+    return _held_rows(replay_dir, file, rows), file.first_row + np.flatnonzero(rows["terminal"])
+
+
+def _held_rows(replay_dir: Path, file: ReplayFile, rows: Arrays) -> HeldRows:
+    actions, rewards = rows["action"], rows["reward"]
+    bad = np.flatnonzero((actions < 0) | (actions > np.iinfo(np.uint8).max))
+    if bad.size:
+        raise ReplayFormatError(
+            f"{replay_path(replay_dir, 'action', file.suffix)}: action {actions[bad[0]]} at global row "
+            f"{file.first_row + bad[0]} is not an action index from 0 to 255 (Atari games have at most 18)"
+        )
+    unit = ((rewards == 0) | (np.abs(rewards) == 1)).all()
+    return HeldRows(actions.astype(np.uint8), rewards.astype(np.int8) if unit else rewards)
+
+
 def index_run(replay_dir: Path | str) -> RunIndex:
-    """Place every file of a run in time order and list its episodes, reading only the small arrays."""
+    """Place every file of a run in time order, list its episodes and keep its rows' values compactly.
+
+    Each small file is inflated once; at most two files' whole arrays are held at a time (the partial
+    last file is placed by comparing it with the previous one).
+    """
     replay_dir = Path(replay_dir)
     suffixes = _check_suffixes(replay_dir)
-    capacity = _capacity(replay_dir, suffixes[0])
-    files, gaps, start_unknown = _plan_files(replay_dir, suffixes, capacity)
+    index = RunIndex(replay_dir, 0, [])
+    capacity: int | None = None  # the first file's
     splitter = _EpisodeSplitter()
-    if start_unknown:
-        splitter.gap()
-    gap_starts = {stop for _, stop in gaps}
-    for file in files:
-        if file.new_rows and file.first_row in gap_starts:
+    terminal_rows = []
+    emitted = 0  # rows [0, emitted) are accounted for (held or gap)
+    previous: tuple[ReplayFile, Arrays] | None = None
+    for position, suffix in enumerate(suffixes):
+        arrays = _small_arrays(replay_dir, suffix, capacity)
+        index.capacity = capacity = len(arrays["terminal"])
+        path = replay_path(replay_dir, "add_count", suffix)
+        add_count = int(load_array(path, dtype=np.int64, shape=()))
+        if add_count < 0:
+            raise ReplayFormatError(f"{path}: negative add_count {add_count}")
+        end, unknown = end_row(replay_dir, suffix, add_count, arrays, previous, position == len(suffixes) - 1)
+        if end < emitted:
+            raise ReplayFormatError(
+                f"{path}: add_count {add_count} goes back in time (the previous file reached row {emitted})"
+            )
+        file = ReplayFile(suffix, position, add_count, end, max(end - capacity, emitted, 0), capacity)
+        if unknown:
+            index.start_unknown = True
+            log.warning(
+                "%s: the first checkpoint had wrapped before any log: the run's start is unknown", path
+            )
             splitter.gap()
-        arrays = _small_arrays(replay_dir, file)
-        splitter.feed(_path(replay_dir, "terminal", file.suffix), file, arrays)
-    index = RunIndex(replay_dir, capacity, files, splitter.finish(), gaps, start_unknown)
+        if file.first_row > emitted:
+            index.gaps.append((emitted, file.first_row))
+            log.warning(
+                "%s: rows %d..%d are in no file (a skipped or missing log)", path, emitted, file.first_row - 1
+            )
+            splitter.gap()
+        index.held[position], terminals = _split_new_rows(splitter, replay_dir, file, arrays)
+        terminal_rows.append(terminals)
+        index.files.append(file)
+        emitted, previous = end, (file, arrays)
+    index.episodes = splitter.finish()
+    index.terminal_rows = np.concatenate(terminal_rows)
     log.info(
         "%s: %d files, %d episodes (%d truncated), %d rows in gaps",
         replay_dir,
-        len(files),
+        len(index.files),
         len(index.episodes),
         sum(e.truncated for e in index.episodes),
-        sum(b - a for a, b in gaps),
+        sum(b - a for a, b in index.gaps),
     )
     return index
