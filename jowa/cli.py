@@ -46,6 +46,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "jowa.import_reference",
         "convert a reference-layout JOWA or tokenizer state dict to our safetensors format",
     ),
+    "gpu-run": ("jowa.gpu_slots", "run a command on N free GPUs (torchrun for N > 1) or the CPU"),
+    "gpu-check": ("jowa.gpu_check", "check that this job sees exactly the GPUs it asked for; JSON record"),
 }
 
 

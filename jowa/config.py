@@ -35,6 +35,7 @@ from jowa.params_base import (
     Window,
     unique,
 )
+from jowa.released import RELEASED, ReleasedParams
 from jowa.train.params import FinetuneParams, ModelArch, ModelName, PretrainParams, TokenizerParams
 
 
@@ -113,6 +114,7 @@ class Params(Section):
     finetune: FinetuneParams
     eval: EvalParams
     planning: PlanningParams
+    released: ReleasedParams
 
 
 S = TypeVar("S", bound=Section)
@@ -189,9 +191,14 @@ def _cross_section_errors(params: Params) -> list[str]:
         )
     if not pretrain.vmin < pretrain.vmax:
         errors.append(f"pretrain: vmin {pretrain.vmin} must be below vmax {pretrain.vmax}")
-    for arch_name, arch in params.models.items():
+    arches = {f"models.{name}": arch for name, arch in params.models.items()}
+    arches |= {f"released.models.{name}.arch": model.arch for name, model in params.released.models.items()}
+    for key, arch in arches.items():
         if arch.width % arch.heads:
-            errors.append(f"models.{arch_name}: width {arch.width} is not divisible by heads {arch.heads}")
+            errors.append(f"{key}: width {arch.width} is not divisible by heads {arch.heads}")
+    clashes = sorted(name for name in params.models if name.startswith(RELEASED))
+    if clashes:
+        errors.append(f"models: {clashes}: names starting with {RELEASED!r} are kept for released models")
     return errors
 
 

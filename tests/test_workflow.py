@@ -149,7 +149,7 @@ def test_code_inputs_are_the_modules_each_command_imports(tmp_path: Path, params
     jobs = [job for job in planned_jobs(output) if job[0] != "all"]
     assert {rule for rule, _, _ in jobs} >= {"subsample", "finetune_set"}
     for rule, inputs, shell in jobs:
-        command = re.match(r"jowa (\S+(?: [a-z-]+)?)", shell)
+        command = re.match(r"(?:jowa gpu-run .*? -- )?jowa (\S+(?: [a-z-]+)?)", shell)  # past the launcher
         name = command[1] if command[1] in COMMANDS else command[1].split()[0]
         declared = sorted(path for path in inputs if path.endswith(".py"))
         if rule in RAW_RULES:
@@ -209,7 +209,10 @@ def test_local_pipeline_runs_end_to_end_and_reruns_only_what_changed(tmp_path: P
     assert "not run" not in pong[1:5] and "not run" in pong[5:]  # ours; the paper never pretrained on Pong
     assert (cwd / "results/report/scaling.png").stat().st_size > 0
     snakemake(cwd, "--configfile", "config/smoke.yaml", "--report", "report.html")  # figures with captions
-    assert "scaling.png" in (cwd / "report.html").read_text(errors="replace")
+    html = (cwd / "report.html").read_text(errors="replace")
+    assert all(name in html for name in ("scaling.png", "pretrain_scores.md", "training_curves.pdf"))
+    for caption in (ROOT / "workflow" / "report").glob("*.rst"):
+        assert " ".join(caption.read_text().split()[:4]) in html, caption.name  # each caption, rendered
     assert not list((cwd / "results").rglob(".*tmp*"))  # no staging left behind
     raw = cwd / "resources/generated"
     for path in [raw / "manifests/Pong/1.tsv", raw / "dqn-replay/Pong/1/replay_logs"]:

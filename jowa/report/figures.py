@@ -126,7 +126,8 @@ def _error(point: dict) -> list[float]:
 
 
 def _series_style(series: str, index: int) -> dict[str, Any]:
-    """Planning or not sets the colour; published (paper) or ours sets hollow/dashed vs filled/solid."""
+    """Planning or not sets the colour; published (paper), ours or released: hollow/dashed, filled/solid
+    or filled/dotted."""
     low = series.lower()
     color = _color(1 if "without" in low else 0 if "with" in low else index)
     published = low.startswith(("paper", "published"))
@@ -134,7 +135,7 @@ def _series_style(series: str, index: int) -> dict[str, Any]:
     return {
         "color": color,
         "marker": marker,
-        "linestyle": "--" if published else "-",
+        "linestyle": "--" if published else ":" if low.startswith("released") else "-",
         "markerfacecolor": "white" if published else color,
     }
 

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from jowa.atomic import atomic_file
+from jowa.released import RELEASED
 from jowa.report import figures
 from jowa.report.results import Result, find_results, load_results, published_results
 from jowa.report.scores import Aggregates, aggregate, normalize, reference, run_matrix
@@ -46,6 +47,11 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         "--models", type=Path, nargs="*",
         help="pretrained checkpoints (.../{size}/model.safetensors, with run/metrics.jsonl beside them) for "
         "parameter counts and training curves; default: results/train/pretrain/*/model.safetensors",
+    )  # fmt: skip
+    parser.add_argument(
+        "--released-models", type=Path, nargs="*", default=[],
+        help=f"imported released checkpoints (.../{{name}}/model.safetensors), for the parameter counts of "
+        f"the results of size {RELEASED}{{name}}, reported as released",
     )  # fmt: skip
     parser.add_argument("--out", type=Path, required=True, help="the report directory")
     parser.add_argument("--metrics", type=Path, required=True, help="the headline aggregates (JSON)")
@@ -86,6 +92,7 @@ class Report:
         names = {r.size for r in results} | {"40M", "70M", "150M"}
         self.params = {size: parameter_count(size, models) for size in names}
         self.sizes = sorted({r.size for r in results}, key=self._order)
+        self.trained = [size for size in self.sizes if not size.startswith(RELEASED)]
         self.games = reference()["games"]
         self.normalized = set(reference()["normalizers"])
         unknown = sorted({r.game for r in results} - self.normalized)
@@ -105,7 +112,7 @@ class Report:
         columns = [(size, planner) for size in self.sizes for planner in PLANNERS]
         published = [f"JOWA_{s}_{w}_planning" for s in ("40M", "70M", "150M") for w in ("without", "with")]
         reported = reference()["reported_mean_scores"]
-        header = ["Game"] + [f"{self.source} {s} {PLANNERS[p]}" for s, p in columns]
+        header = ["Game"] + [f"{self.label(s)} {PLANNERS[p]}" for s, p in columns]
         header += [f"paper {name.replace('_', ' ')}" for name in published + list(BASELINES)]
         table = Table("Pretraining games: mean raw score over evaluation episodes", header)
         ours = {r.game for r in self.results if r.phase == "pretrain"}
@@ -148,13 +155,13 @@ class Report:
     def finetune_table(self) -> Table:
         qualities = sorted({r.setting for r in self.results if r.phase == "finetune"})
         title = "Held-out games after fine-tuning: DQN-normalized mean score"
-        table = Table(title, ["Quality", "Game", *self.sizes])
+        table = Table(title, ["Quality", "Game", *self.trained])
         ours = {r.game for r in self.results if r.phase == "finetune"}
         games = self.games["finetune"] + sorted(ours - set(self.games["finetune"]))
         for quality in qualities or ["expert"]:
             for game in games:
                 cells = []
-                for size in self.sizes:
+                for size in self.trained:
                     result = self.ours("finetune", size, quality, raw=True).get(game)
                     if result is not None and game not in self.normalized:
                         cells.append(f"raw {result.mean:.1f}")
@@ -162,7 +169,7 @@ class Report:
                         cells.append(percent(None if result is None else normalize(result.mean, game, "dqn")))
                 table.add([quality, game, *cells])
             cells = []
-            for size in self.sizes:
+            for size in self.trained:
                 found = self.ours("finetune", size, quality)
                 cells.append(percent(aggregate({g: r.mean for g, r in found.items()}, kind="dqn").iqm_paper)
                              if found else NOT_RUN)  # fmt: skip
@@ -177,11 +184,19 @@ class Report:
         for size in sorted(set(self.sizes) | {"40M", "70M", "150M"}, key=self._order):
             ours = [self._aggregate(size, planner) for planner in PLANNERS]
             paper = [iqms.get(f"JOWA_{size}_{w}_planning") for w in ("without", "with")]
-            table.add([size, *(percent(a.iqm_paper) if a else NOT_RUN for a in ours), *map(percent, paper)])
+            row = [percent(a.iqm_paper) if a else NOT_RUN for a in ours] + list(map(percent, paper))
+            table.add([self.label(size) if size.startswith(RELEASED) else size, *row])
         return table
 
     def _order(self, size: str) -> tuple[float, str]:
         return (self.params.get(size) or 0.0, size)
+
+    def series(self, size: str) -> str:
+        """Whose model a size is: ours (or the returns'), or a released checkpoint's."""
+        return "released" if size.startswith(RELEASED) else self.source
+
+    def label(self, size: str) -> str:
+        return f"{self.series(size)} {size.removeprefix(RELEASED)}"
 
     def scaling_points(self) -> list[dict[str, Any]]:
         points = []
@@ -202,7 +217,7 @@ class Report:
                             "params": params,
                             "iqm": found.iqm_paper,
                             "ci": found.iqm_paper_ci,
-                            "series": f"{self.source}, {words}",
+                            "series": f"{self.series(size)}, {words}",
                         }
                     )
         return points
@@ -243,13 +258,16 @@ def main(args: argparse.Namespace) -> None:
         args.models if args.models is not None else Path("results/train/pretrain").glob("*/model.safetensors")
     )
     models = {path.parent.name: path for path in paths}
+    released = {RELEASED + path.parent.name: path for path in args.released_models}
     if not results:
         log.warning(
             "no evaluation results under %s (looked for pretrain/{size}/{planner}/{game}.json and "
             "finetune/{size}/{quality}/{game}.json): the report shows only the published numbers",
             args.eval_dir,
         )
-    report = Report(results, models, args.reps, "from returns" if args.published_returns else "ours")
+    report = Report(
+        results, models | released, args.reps, "from returns" if args.published_returns else "ours"
+    )
     report.pretrain_table().write(args.out / "pretrain_scores")
     report.finetune_table().write(args.out / "finetune_scores")
     report.ablation_table().write(args.out / "planning_ablation")
@@ -260,7 +278,7 @@ def main(args: argparse.Namespace) -> None:
         for planner, words in PLANNERS.items():
             found = report.ours("pretrain", size, planner)
             if found:
-                profiles[f"{report.source} {size} {words}"] = run_matrix(
+                profiles[f"{report.label(size)} {words}"] = run_matrix(
                     {g: r.returns for g, r in found.items()}
                 )
     figures.performance_profiles(profiles, args.out / "profiles", reps=args.reps)
@@ -268,11 +286,11 @@ def main(args: argparse.Namespace) -> None:
     for size in report.sizes:
         found = report.ours("pretrain", size, "beam")
         if found:
-            per_game[f"{report.source} {size}"] = {g: float(normalize(r.mean, g)) for g, r in found.items()}
+            per_game[report.label(size)] = {g: float(normalize(r.mean, g)) for g, r in found.items()}
     paper = reference()["reported_mean_scores"]["JOWA_150M_with_planning"]
     per_game["paper 150M"] = {g: float(normalize(v, g)) for g, v in paper.items()}
     figures.per_game_figure(per_game, args.out / "per_game")
-    figures.training_curves(training_curves(models), args.out / "training_curves")
+    figures.training_curves(training_curves(models), args.out / "training_curves")  # ours: released have none
     plot = args.out / "plots" / "scaling.csv"
     with atomic_file(plot) as tmp:
         lines = ["series,size,params,iqm_hns,ci_low,ci_high"]

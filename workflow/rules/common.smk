@@ -13,6 +13,7 @@ from jowa.params_base import GENERATE
 from jowa.data.dopamine_format import run_path
 from jowa.data.sources import source_layout
 from jowa.data.subsample import pick_runs
+from jowa.released import RELEASED
 
 if workflow.config_settings.config:
     raise ValueError(
@@ -48,6 +49,12 @@ LAYOUTS = {game: source_layout(SOURCES[game]) for game in DOWNLOADED}
 
 MODELS = list(PARAMS.models)
 TRAIN_ROOT = "results/train"
+
+# The reference's released checkpoints (params `released`), imported here and evaluated as pretrained
+# sizes named released-{name}; none unless released.dir is set.
+RELEASED_ROOT = "results/released"
+RELEASED_MODELS = list(PARAMS.released.models) if PARAMS.released.dir else []
+RELEASED_SIZES = [RELEASED + name for name in RELEASED_MODELS]
 
 PRETRAIN_RUNS = pick_runs(PRETRAIN, RUNS, PARAMS.subsample.runs_per_game, PARAMS.subsample.seed)
 FINETUNE_RUNS = pick_runs(FINETUNE, RUNS, PARAMS.finetune_data.runs_per_game, PARAMS.finetune_data.seed)
@@ -97,8 +104,28 @@ def finetune_tokens(wildcards):
 
 def beam_argument(wildcards):
     """`--beam` with this job's own beam search settings (none for greedy jobs): editing another game's
-    or size's K, H or context reruns nothing here."""
+    or size's K, H or context reruns nothing here. A released model plays with its namesake's."""
     if wildcards.planner != "beam":
         return ""
-    settings = section_json(PARAMS.planning.settings(wildcards.size, wildcards.game))
+    size = wildcards.size.removeprefix(RELEASED)
+    settings = section_json(PARAMS.planning.settings(size, wildcards.game))
     return f"--beam {shlex.quote(settings)}"
+
+
+def released_file(name):
+    """A file of the released checkpoints' directory (params released.dir)."""
+    return os.path.join(PARAMS.released.dir, name)
+
+
+def pretrained_model(wildcards):
+    """A pretrained size's checkpoint: ours, or an imported released one."""
+    if wildcards.size in RELEASED_SIZES:
+        return f"{RELEASED_ROOT}/{wildcards.size.removeprefix(RELEASED)}/model.safetensors"
+    return f"{TRAIN_ROOT}/pretrain/{wildcards.size}/model.safetensors"
+
+
+def pretrained_tokenizer(wildcards):
+    """The tokenizer a pretrained size plays with: ours, or the released one."""
+    if wildcards.size in RELEASED_SIZES:
+        return f"{RELEASED_ROOT}/tokenizer.safetensors"
+    return rules.train_tokenizer.output[0]

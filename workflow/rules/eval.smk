@@ -1,21 +1,22 @@
 # Evaluation phase: every pretrained size on every pretraining game, greedy and with beam search, and every
 # fine-tuned model on its held-out game without planning (as the paper evaluates fine-tuning, spec 6).
-# One job plays all of a game's episodes at once on one GPU (`jowa.eval.evaluate`).
+# Released checkpoints (params `released`) are pretrained sizes named released-{name} here.
+# One job plays all of a game's episodes at once on one GPU (`jowa.eval.evaluate`), under `jowa gpu-run`.
 
 EVAL_ROOT = "results/eval"
 PLANNERS = ["greedy", "beam"]
 
 
 rule evaluate_pretrained:
-    """One pretrained size on one pretraining game with one planner."""
+    """One pretrained size (ours or released) on one pretraining game with one planner."""
     input:
-        model=f"{TRAIN_ROOT}/pretrain/{{size}}/model.safetensors",
-        tokenizer=rules.train_tokenizer.output[0],
+        model=pretrained_model,
+        tokenizer=pretrained_tokenizer,
         code=code_inputs("jowa.eval.evaluate"),
     output:
         f"{EVAL_ROOT}/pretrain/{{size}}/{{planner}}/{{game}}.json",
     wildcard_constraints:
-        size="|".join(MODELS),
+        size="|".join(MODELS + RELEASED_SIZES),
         planner="|".join(PLANNERS),
     params:
         eval=section_json(PARAMS.eval),
@@ -28,7 +29,8 @@ rule evaluate_pretrained:
     benchmark:
         "logs/benchmarks/eval/pretrain/{size}/{planner}/{game}.tsv"
     shell:
-        "jowa evaluate --params {params.eval:q} --model {input.model:q} --tokenizer {input.tokenizer:q}"
+        "jowa gpu-run --gpus {resources.gpu} --"
+        " jowa evaluate --params {params.eval:q} --model {input.model:q} --tokenizer {input.tokenizer:q}"
         " --game {wildcards.game} --planner {wildcards.planner} {params.beam} --size {wildcards.size}"
         " --out {output:q} 2> {log:q}"
 
@@ -53,14 +55,20 @@ rule evaluate_finetuned:
     benchmark:
         "logs/benchmarks/eval/finetune/{size}/{quality}/{game}.tsv"
     shell:
-        "jowa evaluate --params {params.eval:q} --model {input.model:q} --tokenizer {input.tokenizer:q}"
+        "jowa gpu-run --gpus {resources.gpu} --"
+        " jowa evaluate --params {params.eval:q} --model {input.model:q} --tokenizer {input.tokenizer:q}"
         " --game {wildcards.game} --planner greedy --size {wildcards.size} --out {output:q} 2> {log:q}"
 
 
 rule eval_all:
     """Phase target: every evaluation."""
     input:
-        expand(f"{EVAL_ROOT}/pretrain/{{size}}/{{planner}}/{{game}}.json", size=MODELS, planner=PLANNERS, game=PRETRAIN),
+        expand(
+            f"{EVAL_ROOT}/pretrain/{{size}}/{{planner}}/{{game}}.json",
+            size=MODELS + RELEASED_SIZES,
+            planner=PLANNERS,
+            game=PRETRAIN,
+        ),
         expand(
             f"{EVAL_ROOT}/finetune/{{size}}/{{quality}}/{{game}}.json",
             size=MODELS,

@@ -1,5 +1,6 @@
 # Report phase: the paper's tables and figures from every evaluation, beside the published numbers
-# (`jowa.report.report`). results/metrics.json holds the headline aggregates for `dvc metrics show`.
+# (`jowa.report.report`), and the released checkpoints' beside ours when params `released` names them.
+# results/metrics.json holds the headline aggregates for `dvc metrics show`.
 
 REPORT_ROOT = "results/report"
 
@@ -9,6 +10,7 @@ rule report:
     input:
         evaluations=rules.eval_all.input,
         models=expand(f"{TRAIN_ROOT}/pretrain/{{size}}/model.safetensors", size=MODELS),
+        released=expand(f"{RELEASED_ROOT}/{{name}}/model.safetensors", name=RELEASED_MODELS),
         code=code_inputs("jowa.report.report"),
     output:
         tables=report(
@@ -47,5 +49,5 @@ rule report:
     benchmark:
         "logs/benchmarks/report.tsv"
     shell:
-        "jowa report --evaluations {input.evaluations:q} --models {input.models:q} --out {params.out:q}"
-        " --metrics {output.metrics:q} 2> {log:q}"
+        "jowa report --evaluations {input.evaluations:q} --models {input.models:q}"
+        " --released-models {input.released:q} --out {params.out:q} --metrics {output.metrics:q} 2> {log:q}"

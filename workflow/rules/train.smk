@@ -2,7 +2,9 @@
 #
 # Outputs are the final .safetensors only. Each job's run directory (resumable state.pt, metrics.jsonl,
 # TensorBoard events) sits beside them and is not an output, so Snakemake's cleanup of a killed job keeps
-# it and the rerun resumes. GPU jobs ask for `gpu=1`; Snakemake sets OMP_NUM_THREADS to the job's threads.
+# it and the rerun resumes. GPU jobs run under `jowa gpu-run` (jowa/gpu_slots.py), which picks the GPUs of
+# the machine they get ({resources.gpu}: 0 under --resources gpu=0 is the CPU); training commands run one
+# DDP process per GPU when given several. Snakemake sets OMP_NUM_THREADS to the job's threads.
 
 rule train_tokenizer:
     """The VQ tokenizer, once, on frames drawn from every pretraining store."""
@@ -22,7 +24,8 @@ rule train_tokenizer:
     benchmark:
         "logs/benchmarks/train/tokenizer.tsv"
     shell:
-        "jowa train-tokenizer --params {params.tokenizer:q} --stores {input.stores:q}"
+        "jowa gpu-run --gpus {resources.gpu} --torchrun --"
+        " jowa train-tokenizer --params {params.tokenizer:q} --stores {input.stores:q}"
         " --out {output:q} --run-dir {params.run_dir:q} 2> {log:q}"
 
 
@@ -44,8 +47,8 @@ rule tokenize:
     benchmark:
         "logs/benchmarks/train/tokenize/{data_set}.tsv"
     shell:
-        "jowa tokenize --tokenizer {input.tokenizer:q} --store {input.store:q}"
-        " --out {output:q} 2> {log:q}"
+        "jowa gpu-run --gpus {resources.gpu} --"
+        " jowa tokenize --tokenizer {input.tokenizer:q} --store {input.store:q} --out {output:q} 2> {log:q}"
 
 
 rule pretrain:
@@ -71,7 +74,8 @@ rule pretrain:
     benchmark:
         "logs/benchmarks/train/pretrain/{size}.tsv"
     shell:
-        "jowa pretrain --params {params.pretrain:q} --size {wildcards.size}"
+        "jowa gpu-run --gpus {resources.gpu} --torchrun --"
+        " jowa pretrain --params {params.pretrain:q} --size {wildcards.size}"
         " --model {params.model:q} --tokenizer {input.tokenizer:q} --stores {input.stores:q}"
         " --tokens {input.tokens:q} --out {output:q} --run-dir {params.run_dir:q} 2> {log:q}"
 
@@ -101,9 +105,48 @@ rule finetune:
     benchmark:
         "logs/benchmarks/train/finetune/{size}/{quality}/{game}.tsv"
     shell:
-        "jowa finetune --params {params.finetune:q} --model {input.model:q}"
+        "jowa gpu-run --gpus {resources.gpu} --torchrun --"
+        " jowa finetune --params {params.finetune:q} --model {input.model:q}"
         " --tokenizer {input.tokenizer:q} --store {input.store:q} {params.tokens} --out {output.model:q}"
         " --out-tokenizer {output.tokenizer:q} --run-dir {params.run_dir:q} 2> {log:q}"
+
+
+rule import_released_tokenizer:
+    """The released tokenizer (params released.tokenizer) in our format."""
+    input:
+        state=lambda wc: ancient(released_file(PARAMS.released.tokenizer.file)),
+        code=code_inputs("jowa.import_reference"),
+    output:
+        f"{RELEASED_ROOT}/tokenizer.safetensors",
+    params:
+        arch=section_json(PARAMS.released.tokenizer.arch),
+    log:
+        "logs/released/tokenizer.log",
+    benchmark:
+        "logs/benchmarks/released/tokenizer.tsv"
+    shell:
+        "jowa checkpoint import-reference --kind tokenizer --input {input.state:q}"
+        " --tokenizer-config {params.arch:q} --out {output:q} 2> {log:q}"
+
+
+rule import_released_model:
+    """One released JOWA (params released.models) in our format."""
+    input:
+        state=lambda wc: ancient(released_file(PARAMS.released.models[wc.name].file)),
+        code=code_inputs("jowa.import_reference"),
+    output:
+        f"{RELEASED_ROOT}/{{name}}/model.safetensors",
+    wildcard_constraints:
+        name="|".join(RELEASED_MODELS),
+    params:
+        arch=lambda wc: section_json(PARAMS.released.models[wc.name].arch),
+    log:
+        "logs/released/{name}.log",
+    benchmark:
+        "logs/benchmarks/released/{name}.tsv"
+    shell:
+        "jowa checkpoint import-reference --kind world --input {input.state:q} --arch {params.arch:q}"
+        " --out {output:q} 2> {log:q}"
 
 
 rule train_all:
@@ -116,3 +159,19 @@ rule train_all:
             quality=QUALITIES,
             game=FINETUNE,
         ),
+
+
+rule gpu_check:
+    """Not part of `all`: `snakemake gpu_check --forcerun gpu_check` before the long jobs checks that a job
+    asking for GPUs sees exactly those (profiles/slurm gives it the training jobs' count)."""
+    input:
+        code=code_inputs("jowa.gpu_check"),
+    output:
+        "results/gpu_check.json",
+    threads: 1
+    resources:
+        gpu=1,
+    log:
+        "logs/gpu_check.log",
+    shell:
+        "jowa gpu-run --gpus {resources.gpu} -- jowa gpu-check --expect {resources.gpu} --out {output:q} 2> {log:q}"
