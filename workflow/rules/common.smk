@@ -13,6 +13,7 @@ from jowa.params_base import GENERATE
 from jowa.data.dopamine_format import run_path
 from jowa.data.sources import source_layout
 from jowa.data.subsample import pick_runs
+from jowa.dvc_ledger import record_run
 from jowa.released import RELEASED
 
 if workflow.config_settings.config:
@@ -30,6 +31,19 @@ def params_file():
             "Snakemake would merge them key by key"
         )
     return given[0] if given else "params.yaml"
+
+
+def ledger_run():
+    """What the onsuccess hook needs to know of this run to update dvc.lock (`jowa.dvc_ledger.record_run`)."""
+    dag = workflow.dag_settings
+    flags = {"--until": dag.until, "--omit-from": dag.omit_from, "--allowed-rules": dag.allowed_rules}
+    flags |= {"--batch": dag.batch, "--target-jobs": dag.target_jobs}
+    return dict(
+        targets=dag.targets,
+        default_target=workflow.default_target,
+        params_file=params_file(),
+        partial=[flag for flag, value in flags.items() if value],
+    )
 
 
 PARAMS = load_params(params_file())
@@ -90,8 +104,18 @@ def quality_section(wildcards):
 
 
 def tokens(data_set):
-    """A store's token array (`jowa tokenize`), beside the store."""
-    return f"results/data/{data_set}.tokens.npy"
+    """A store's token array (`jowa tokenize`). Not beside the store: a store's directory belongs to the
+    data phase (DVC stage `data`), its tokens to the tokenizer's (stage `tokenizer`)."""
+    return f"{TRAIN_ROOT}/tokens/{data_set}.npy"
+
+
+def token_arrays():
+    """Every token array the DAG reads: the pretraining stores', and the fine-tuning sets' when the
+    tokenizer is not tuned (`finetune_tokens`)."""
+    sets = expand("pretrain/{game}", game=PRETRAIN)
+    if not PARAMS.finetune.tune_tokenizer:
+        sets += expand("finetune/{quality}/{game}", quality=QUALITIES, game=FINETUNE)
+    return [tokens(data_set) for data_set in sets]
 
 
 def finetune_tokens(wildcards):

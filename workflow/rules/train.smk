@@ -30,7 +30,7 @@ rule train_tokenizer:
 
 
 rule tokenize:
-    """A store's frames as tokens of the pretrained tokenizer, beside the store."""
+    """A store's frames as tokens of the pretrained tokenizer (results/train/tokens/)."""
     input:
         tokenizer=rules.train_tokenizer.output[0],
         store="results/data/{data_set}",
@@ -149,16 +149,37 @@ rule import_released_model:
         " --out {output:q} 2> {log:q}"
 
 
-rule train_all:
-    """Phase target: every size pretrained and fine-tuned on every held-out game and quality."""
+# Phase targets: `snakemake --cores all tokenizer_all` (or pretrain_all, finetune_all) is one DVC stage's cmd.
+rule tokenizer_all:
+    """Phase target: the tokenizer and every token array the DAG reads."""
+    input:
+        rules.train_tokenizer.output,
+        token_arrays(),
+
+
+rule pretrain_all:
+    """Phase target: every size pretrained."""
     input:
         expand(f"{TRAIN_ROOT}/pretrain/{{size}}/model.safetensors", size=MODELS),
+
+
+rule finetune_all:
+    """Phase target: every size fine-tuned on every held-out game and quality."""
+    input:
         expand(
             f"{TRAIN_ROOT}/finetune/{{size}}/{{quality}}/{{game}}/model.safetensors",
             size=MODELS,
             quality=QUALITIES,
             game=FINETUNE,
         ),
+
+
+rule train_all:
+    """Phase target: every size pretrained and fine-tuned on every held-out game and quality."""
+    input:
+        rules.tokenizer_all.input,
+        rules.pretrain_all.input,
+        rules.finetune_all.input,
 
 
 rule gpu_check:
