@@ -5,10 +5,11 @@ A `snakemake` run by hand brings the outputs up to date but leaves dvc.lock desc
 `dvc status` would call those stages changed and `dvc repro` would run Snakemake again for nothing.
 After a successful run, `record_run` commits (`dvc commit --force`) the stages whose phase the run
 brought up to date: every stage after a run of the default target, and otherwise the stages whose phase
-targets were all named. It commits nothing for a partial run (--until, ...), for a run that did not read
-params.yaml (DVC's params file), under `dvc repro` (DVC commits itself; it sets DVC_STAGE) or outside a
-DVC repository. A failure only warns: the run's outputs are good either way, and `dvc commit` by hand
-does the same.
+targets were all named. It commits nothing after a partial run (--until, ...) or a --touch run (which
+marks files, missing ones too, as done: after `dvc checkout`, dvc.lock already describes them), after a
+run that did not read params.yaml (DVC's params file), under `dvc repro` (DVC commits itself; it sets
+DVC_STAGE), or outside a DVC repository. A failure only warns: the run's outputs are good either way,
+and `dvc commit` by hand does the same.
 """
 
 from __future__ import annotations
@@ -64,7 +65,7 @@ def record_run(
     targets: Iterable[str],
     default_target: str,
     params_file: str | Path,
-    partial: Iterable[str] = (),
+    partial: Iterable[str] = (),  # the flags of a partial or --touch run
     root: Path = Path("."),
 ) -> list[str]:
     """Commit the stages a successful direct run brought up to date; returns them (none if skipped)."""
@@ -74,7 +75,7 @@ def record_run(
         _say(f"not updated: this run read {params_file}, DVC reads {DVC_PARAMS_FILE}")
         return []
     if partial := sorted(partial):
-        _say(f"not updated after a partial run ({' '.join(partial)})")
+        _say(f"not updated after a run with {' '.join(partial)}")
         return []
     try:
         stages = stages_brought_up_to_date(targets, default_target, stage_targets(root / "dvc.yaml"))

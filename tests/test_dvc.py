@@ -65,7 +65,7 @@ def test_the_hook_commits_only_what_dvc_would_record_and_never_fails(
     assert record_run([], "all", cwd / "mine.yaml", root=cwd) == []
     assert f"not updated: this run read {cwd / 'mine.yaml'}, DVC reads params.yaml" in capsys.readouterr().err
     assert record_run([], "all", cwd / "params.yaml", partial=["--until"], root=cwd) == []
-    assert "partial run (--until)" in capsys.readouterr().err
+    assert "not updated after a run with --until" in capsys.readouterr().err
     assert record_run(["results/metrics.json"], "all", cwd / "params.yaml", root=cwd) == []
     assert "no stage's phase" in capsys.readouterr().err
     assert record_run([], "all", cwd / "params.yaml", root=cwd) == []  # `dvc commit` fails: a warning

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import logging
 from pathlib import Path
@@ -41,6 +42,12 @@ def test_the_published_returns_give_the_papers_iqm_hns_with_intervals(tmp_path: 
         assert (tmp_path / "report" / f"{name}.pdf").stat().st_size > 0
     scaling = (tmp_path / "report" / "plots" / "scaling.csv").read_text().splitlines()
     assert scaling[0] == "series,size,params,iqm_hns,ci_low,ci_high" and len(scaling) == 1 + 6 + 3
+    for row in csv.DictReader(scaling):  # what `dvc plots` reads: every row parses, series names whole
+        assert (
+            float(row["params"]) > 1e6
+            and 0 < float(row["iqm_hns"]) < 2
+            and row["series"].endswith("planning")
+        )
     assert (tmp_path / "report" / "pretrain_scores.tex").read_text().count("\\toprule") == 1
 
 

@@ -12,6 +12,7 @@ report says where it looked and still renders its (empty) tables and figures.
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import logging
 from pathlib import Path
@@ -292,11 +293,11 @@ def main(args: argparse.Namespace) -> None:
     figures.per_game_figure(per_game, args.out / "per_game")
     figures.training_curves(training_curves(models), args.out / "training_curves")  # ours: released have none
     plot = args.out / "plots" / "scaling.csv"
-    with atomic_file(plot) as tmp:
-        lines = ["series,size,params,iqm_hns,ci_low,ci_high"]
+    with atomic_file(plot) as tmp, tmp.open("w", newline="") as out:
+        rows = csv.writer(out, lineterminator="\n")  # quotes series names holding commas
+        rows.writerow(["series", "size", "params", "iqm_hns", "ci_low", "ci_high"])
         for p in points:
             low, high = p["ci"] if p["ci"] else ("", "")
-            lines.append(f"{p['series']},{p['label']},{p['params']:.0f},{p['iqm']:.6f},{low},{high}")
-        tmp.write_text("\n".join(lines) + "\n")
+            rows.writerow([p["series"], p["label"], f"{p['params']:.0f}", f"{p['iqm']:.6f}", low, high])
     with atomic_file(args.metrics) as tmp:
         tmp.write_text(json.dumps(report.metrics(), indent=1, sort_keys=True))

@@ -37,7 +37,7 @@ def ledger_run():
     """What the onsuccess hook needs to know of this run to update dvc.lock (`jowa.dvc_ledger.record_run`)."""
     dag = workflow.dag_settings
     flags = {"--until": dag.until, "--omit-from": dag.omit_from, "--allowed-rules": dag.allowed_rules}
-    flags |= {"--batch": dag.batch, "--target-jobs": dag.target_jobs}
+    flags |= {"--batch": dag.batch, "--target-jobs": dag.target_jobs, "--touch": workflow.touch}
     return dict(
         targets=dag.targets,
         default_target=workflow.default_target,
