@@ -22,6 +22,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from importlib.metadata import version
+from types import ModuleType
 
 from jowa.errors import JowaError
 
@@ -97,8 +98,18 @@ def _split(argv: list[str]) -> tuple[list[str], str | None, list[str]]:
     return argv[:start], None, argv[start:]
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+def command_parser(name: str) -> tuple[ModuleType, argparse.ArgumentParser]:
+    """The module implementing command `name` and its argument parser."""
+    module_name, text = COMMANDS[name]
+    module = importlib.import_module(module_name)
+    parser = argparse.ArgumentParser(prog=f"jowa {name}", description=text)
+    module.configure_parser(parser)
+    return module, parser
+
+
+def parse_command_line(argv: list[str]) -> tuple[str, ModuleType, argparse.Namespace]:
+    """(command name, its module, its parsed arguments), or argparse's exit with status 2 and a usage
+    line; running nothing, so the documentation's command lines can be checked against the code."""
     top = _top_parser()
     global_args, name, rest = _split(argv)
     options = top.parse_args(global_args)
@@ -108,12 +119,14 @@ def main(argv: list[str] | None = None) -> int:
             if rest
             else "no command given"
         )
-    module_name, text = COMMANDS[name]
-    module = importlib.import_module(module_name)
-    parser = argparse.ArgumentParser(prog=f"jowa {name}", description=text)
-    module.configure_parser(parser)
+    module, parser = command_parser(name)
     args = parser.parse_args(rest)
     args.quiet = options.quiet
+    return name, module, args
+
+
+def main(argv: list[str] | None = None) -> int:
+    name, module, args = parse_command_line(list(sys.argv[1:] if argv is None else argv))
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     try:
         with _sigterm_raises():
