@@ -11,7 +11,6 @@ is ignored with a message saying what differs, never resumed. Publishing the out
 
 from __future__ import annotations
 
-import pickle
 import signal
 import sys
 import threading
@@ -52,7 +51,7 @@ class ResumeFile:
         try:
             state = torch.load(self.path, map_location="cpu", weights_only=False)
             saved = state["fingerprint"]
-        except (*UNREADABLE, KeyError, TypeError, pickle.UnpicklingError) as error:
+        except (*UNREADABLE, KeyError, TypeError) as error:
             self.say(f"{self.path}: unreadable saved evaluation state ({reason(error)}); starting over")
             return None
         if saved != self.fingerprint:
