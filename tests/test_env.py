@@ -9,6 +9,7 @@ import pytest
 
 from jowa import games
 from jowa.errors import JowaError
+from jowa.eval import env as evaluation_env
 from jowa.eval.env import PROTOCOLS, Protocol, UnknownProtocolError, make_env, replay_env
 from jowa.games import UnknownGameError
 
@@ -123,6 +124,36 @@ def test_seeds_under_sticky_actions() -> None:
     for frames in (again, via_reset):
         assert all(np.array_equal(a, b) for a, b in zip(runs[1], frames, strict=True))
     assert any(not np.array_equal(a, b) for a, b in zip(runs[1], runs[2], strict=True))
+
+
+def steps(env, actions: list[int]) -> list[tuple]:
+    return [(obs.tobytes(), *rest) for obs, *rest, _ in map(env.step, actions)]
+
+
+@pytest.mark.parametrize("protocol", ["standard", "jowa"])
+def test_a_saved_env_state_continues_exactly_sticky_draws_and_truncation_included(protocol: str) -> None:
+    """What an evaluation resumes from: a fresh env (made with another seed) restored to a saved state
+    steps as the original, to the cap. Under sticky actions, restoring the emulator alone does not: its
+    RNG and the action ALE repeats live outside the plain state."""
+    env = make_env("Breakout", protocol, seed=1, max_steps=60)
+    env.reset(seed=1)
+    history = evaluation_env.EnvHistory(env)
+    for action in [3, 4] * 20:
+        env.step(action)
+        history.record(action)
+    saved = evaluation_env.env_state(env, history)
+    ale_only = {**saved, "ale": env.unwrapped.ale.cloneState().serialize(), "replay": []}
+    later = [3, 4] * 10 + [1]
+    original = steps(env, later)
+    assert original[-2][3] and not original[-3][3]  # truncated at the cap, step 60
+    runs = []
+    for state in (saved, ale_only):
+        other = make_env("Breakout", protocol, seed=2, max_steps=60)
+        other.reset(seed=2)
+        evaluation_env.restore_env_state(other, evaluation_env.EnvHistory(other), state)
+        runs.append(steps(other, later[:-1]))
+    assert runs[0] == original[:-1]
+    assert (runs[1] == original[:-1]) == (protocol == "jowa")
 
 
 def test_protocol_table() -> None:

@@ -1,9 +1,17 @@
 """`jowa evaluate` end to end in real ALE games: the released-format fixture imported and played, greedy
-and with beam search, every episode at once; the JSON's returns, caps and settings."""
+and with beam search, every episode at once; the JSON's returns, caps and settings; a killed or
+SIGTERM'd evaluation resumed to the same result."""
 
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -14,13 +22,14 @@ from jowa import cli, games
 from jowa.eval.env import make_env
 from jowa.eval.evaluate import Episodes
 from jowa.eval.params import EvalParams
+from jowa.eval.resume import state_path
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURE = ROOT / "tests" / "reference" / "tiny_fixture"
 ARCH = {"layers": 2, "heads": 2, "width": 64, "q_hidden": 32, "q_ensemble": 2}
 EVAL = {
     "protocol": "jowa", "episodes": 3, "max_steps": 40, "seed": 0, "epsilon": 0.001, "gamma": 0.99,
-    "greedy_context": 4, "precision": "bf16",
+    "greedy_context": 4, "precision": "bf16", "checkpoint_every": 10,
 }  # fmt: skip
 
 
@@ -113,3 +122,78 @@ def test_video_of_the_first_episode(reference: dict, tmp_path: Path) -> None:
     frames = int(video.get(cv2.CAP_PROP_FRAME_COUNT))
     ok, frame = video.read()
     assert ok and frame.shape == (336, 336, 3) and frames == 12
+
+
+# -- interrupted evaluations
+
+BEAM = ("--planner", "beam", "--beam", json.dumps({"beam_width": 2, "horizon": 1, "context": 4}))
+SAME = ("returns", "lengths", "truncated", "actions_sha256")
+
+
+def interrupted(
+    reference: dict, out: Path, planner: tuple[str, ...], params: dict, signum: int,
+    ready: Callable[[Path], bool],
+) -> int:  # fmt: skip
+    """Run `jowa evaluate` as its own process, send it `signum` once `ready(stderr file)`; its exit code."""
+    log = out.with_suffix(".log")
+    command = [sys.executable, "-m", "jowa.cli", "evaluate", "--params", json.dumps({**EVAL, **params}),
+               "--model", str(reference["model"]), "--tokenizer", str(reference["tokenizer"]), "--game",
+               "Pong", *planner, "--out", str(out)]  # fmt: skip
+    with open(log, "w") as stderr:
+        process = subprocess.Popen(command, stderr=stderr, env={**os.environ, "OMP_NUM_THREADS": "1"})
+        deadline = time.monotonic() + 300
+        while not ready(log) and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert process.poll() is None, f"the run ended before it could be interrupted: {log.read_text()}"
+        process.send_signal(signum)
+        return process.wait(timeout=120)
+
+
+def saved_step(out: Path) -> int:
+    return torch.load(state_path(out), weights_only=False)["step"]
+
+
+def test_a_killed_evaluation_resumes_to_the_uninterrupted_result(
+    reference: dict, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """SIGKILL after a periodic save; the same command resumes from it and ends where an uninterrupted
+    run ends (returns, lengths and every action), and publishing the result deletes the state. A state
+    left by an evaluation with other settings is ignored, with a message."""
+    params = {"max_steps": 60, "epsilon": 0.2}
+    planner = BEAM[1:]
+    whole = evaluate(reference, tmp_path / "whole.json", "Pong", planner[0], *planner[1:], **params)
+    out = tmp_path / "Pong.json"
+    code = interrupted(reference, out, BEAM, params, signal.SIGKILL, lambda _: state_path(out).exists())
+    assert code == -signal.SIGKILL and not out.exists()
+    step = saved_step(out)
+    assert step > 0 and step % EVAL["checkpoint_every"] == 0
+    left = tmp_path / "left.pt"
+    shutil.copy(state_path(out), left)
+    resumed = evaluate(reference, out, "Pong", planner[0], *planner[1:], **params)
+    assert {key: resumed[key] for key in SAME} == {key: whole[key] for key in SAME}
+    assert resumed["resumed_at_steps"] == [step] and whole["resumed_at_steps"] == []
+    assert not state_path(out).exists()
+
+    shutil.copy(left, state_path(out))
+    capsys.readouterr()
+    other = evaluate(reference, out, "Pong", planner[0], *planner[1:], **{**params, "max_steps": 20})
+    assert "saved by another evaluation (differs in eval); ignored" in capsys.readouterr().err
+    assert other["resumed_at_steps"] == [] and other["lengths"] == [20, 20, 20]
+    assert not state_path(out).exists()
+
+
+def test_sigterm_saves_the_state_and_exits_143_and_the_rerun_resumes(reference: dict, tmp_path: Path) -> None:
+    """SIGTERM mid-run (`scancel`, a time limit) with no periodic save due: the state is saved after the
+    current step, the job exits 143, and the rerun, under sticky actions, ends as an uninterrupted run."""
+    params = {"protocol": "standard", "max_steps": 120, "epsilon": 0.2, "checkpoint_every": 1_000_000}
+    whole = evaluate(reference, tmp_path / "whole.json", "Pong", "greedy", **params)
+    out = tmp_path / "Pong.json"
+    playing = lambda log: "Pong greedy" in log.read_text()  # noqa: E731  (the progress bar has started)
+    code = interrupted(reference, out, ("--planner", "greedy"), params, signal.SIGTERM, playing)
+    log = out.with_suffix(".log").read_text()
+    assert code == 143 and "stopped by SIGTERM" in log and not out.exists()
+    step = saved_step(out)
+    assert 0 < step < 120 and f"saved the evaluation state at agent step {step}" in log
+    resumed = evaluate(reference, out, "Pong", "greedy", **params)
+    assert {key: resumed[key] for key in SAME} == {key: whole[key] for key in SAME}
+    assert resumed["resumed_at_steps"] == [step] and not state_path(out).exists()

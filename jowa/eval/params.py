@@ -48,6 +48,9 @@ class EvalParams(Section):
     """steps of history of the evaluation without planning"""
     precision: Literal["bf16", "fp32"]
     """autocast dtype of the model on a GPU; CPUs run float32"""
+    checkpoint_every: Positive
+    """agent steps (of the whole batch) between saves of the resumable state beside the output; a killed
+    job loses at most this many, a SIGTERM'd one none (`jowa.eval.resume`)"""
 
 
 class MctsSettings(Section):

@@ -32,6 +32,7 @@ class Selection:
         self.eval = EvalParams(
             protocol=settings.protocol, episodes=settings.episodes, max_steps=settings.max_steps, seed=0,
             epsilon=0.001, gamma=0.99, greedy_context=settings.context, precision=precision,
+            checkpoint_every=1_000_000,  # unused: play here has no resume file (training resumes itself)
         )  # fmt: skip
         self.best: float | None = None
         self.kept: dict[str, Any] | None = None  # {"step", "return", "model", "tokenizer"} state dicts
