@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -72,14 +73,14 @@ class WorldModel:
         self._decode_caches: dict[int, KVCache] = {}
         self._step_graphs: dict[int, StepGraph] = {}
 
-    def session(self) -> contextlib.AbstractContextManager:
+    @contextlib.contextmanager
+    def session(self) -> Iterator[None]:
         """No gradients and, in bf16, one autocast region (its weight cache off when weights are bf16)."""
-        stack = contextlib.ExitStack()
-        stack.enter_context(torch.no_grad())
-        stack.enter_context(torch.autocast(
+        autocast = torch.autocast(
             self.device.type, dtype=torch.bfloat16, enabled=self.bf16, cache_enabled=not self.graphs
-        ))  # fmt: skip
-        return stack
+        )
+        with torch.no_grad(), autocast:
+            yield
 
     def valid_actions(self, tasks: torch.Tensor) -> torch.Tensor:
         """(B,) task ids -> (B, 18) bool: the game's minimal action set."""
@@ -104,7 +105,9 @@ class WorldModel:
         """A cache holding `source`'s rows `rows`: with graphs the persistent one of that batch size."""
         if not self.graphs:
             return source.select(rows)
-        cache = self._decode_caches.setdefault(len(rows), self.model.new_kv_cache())
+        if len(rows) not in self._decode_caches:
+            self._decode_caches[len(rows)] = self.model.new_kv_cache()
+        cache = self._decode_caches[len(rows)]
         cache.load(source, rows)
         return cache
 
@@ -164,6 +167,9 @@ class StepGraph:
         cache.length = length  # capture ran the Python, not the kernels: nothing advanced yet
 
     def __call__(self, actions: torch.Tensor, tasks: torch.Tensor) -> Step:
+        cached, window = self.cache.length, self.cache.window
+        if cached + self.steps > window:  # a replay checks nothing itself
+            raise ValueError(f"{cached} cached + {self.steps} new tokens exceed the {window}-token window")
         self.actions.copy_(actions)
         self.tasks.copy_(tasks)
         self.graph.replay()
