@@ -6,10 +6,13 @@ Plays a game in real ALE with random weights (JOWA of a params-file size, its to
 steps. Mode `planning` (default): for beam search (K, H, context) and greedy, `--episodes` episodes
 batched, then episodes one at a time, timed on `--single` of them and extrapolated (the rate is per
 env step, so extrapolation is the measured rate); on CUDA also batched beam search without CUDA graphs.
-A warm-up call per batch size captures its graphs first. Then a profiler summary of one batched beam
-agent step (top ops by CUDA and by CPU time). Mode `concurrent`: for each N of `--processes`, N
-processes started together each play one batched beam evaluation (as N `jowa evaluate` jobs sharing a
-GPU through `jowa gpu-run --share`); reports their aggregate env-steps/s.
+A warm-up call per batch size captures its graphs first. Then the planner alone, without ALE and the
+tokenizer: ms per beam search and greedy call on `--episodes` random contexts (`planner_call` records)
+and a profiler summary of one beam search call (top ops by CUDA and by CPU time).
+
+Mode `concurrent`: for each N of `--processes`, N processes started together each play one batched beam
+evaluation (as N `jowa evaluate` jobs sharing a GPU through `jowa gpu-run --share`); reports their
+aggregate env-steps/s.
 
     python benchmarks/eval_planning.py --out $OUT/eval_planning.jsonl          # GPU: 150M, K=2 H=2, 16 eps
     python benchmarks/eval_planning.py --mode concurrent --out $OUT/eval_concurrent.jsonl
@@ -39,7 +42,7 @@ from jowa import games
 from jowa.config import load_params
 from jowa.eval.evaluate import play
 from jowa.eval.params import PlannerSettings
-from jowa.eval.planning import Context, WorldModel, beam_search
+from jowa.eval.planning import Context, WorldModel, beam_search, greedy
 from jowa.models.tokenizer import Tokenizer
 from jowa.models.world_action import JOWA
 from jowa.train.pretrain import model_config
@@ -138,37 +141,56 @@ def planning(args: argparse.Namespace, out: TextIO) -> None:
         together = play_timed(eager, tokenizer, params, beam, args.game, args.episodes)
         write(out, record("beam", beam, eager, True, together, args.episodes))
         del eager
-    profile(world, args, beam, Path(out.name).with_suffix(".profile.txt"))
+    planner_calls(world, args, beam, out)
 
 
-def profile(world: WorldModel, args: argparse.Namespace, beam: PlannerSettings, path: Path) -> None:
-    """Top ops of one batched beam search call on `--episodes` random full contexts."""
+def planner_calls(world: WorldModel, args: argparse.Namespace, beam: PlannerSettings, out: TextIO) -> None:
+    """The planner alone (no ALE, no tokenizer) on `--episodes` random full contexts: mean ms per call
+    of beam search and greedy, then the top ops of one beam search call, by device and by CPU time."""
     task = games.task_id(args.game)
-    steps = min(beam.context, 8 - beam.horizon)
     generator = torch.Generator().manual_seed(0)
-    rows = []
-    for _ in range(args.episodes):
-        context = Context(steps)
-        for _ in range(steps):
-            context.observe(torch.randint(world.model.config.obs_vocab, (36,), generator=generator))
-            context.act(0)
-        rows.append(context.tokens(steps))
-    tokens = torch.stack(rows).to(world.device)
+
+    def batch(steps: int) -> torch.Tensor:
+        rows = []
+        for _ in range(args.episodes):
+            context = Context(steps)
+            for _ in range(steps):
+                context.observe(torch.randint(world.model.config.obs_vocab, (36,), generator=generator))
+                context.act(0)
+            rows.append(context.tokens(steps))
+        return torch.stack(rows).to(world.device)
+
     tasks = torch.full((args.episodes,), task, device=world.device)
-    call = lambda: beam_search(world, tokens, tasks, width=beam.beam_width, horizon=beam.horizon, gamma=0.99)  # noqa: E731
-    call()
-    synchronize(world)
-    activities = [torch.profiler.ProfilerActivity.CPU]
-    if world.device.type == "cuda":
-        activities.append(torch.profiler.ProfilerActivity.CUDA)
-    with torch.profiler.profile(activities=activities) as prof:
+    plan_tokens, greedy_tokens = batch(min(beam.context, 8 - beam.horizon)), batch(args.greedy_context)
+    calls = {
+        "beam": lambda: beam_search(world, plan_tokens, tasks, width=beam.beam_width, horizon=beam.horizon,
+                                    gamma=0.99),
+        "greedy": lambda: greedy(world, greedy_tokens, tasks),
+    }  # fmt: skip
+    for planner, call in calls.items():
         call()
         synchronize(world)
+        start = time.perf_counter()
+        for _ in range(args.calls):
+            call()
+        synchronize(world)
+        ms = 1000 * (time.perf_counter() - start) / args.calls
+        write(out, {"kind": "planner_call", "planner": planner, "size": args.size, "contexts": args.episodes,
+                    "graphs": world.graphs, "ms_per_call": ms, "calls": args.calls})  # fmt: skip
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    cuda = world.device.type == "cuda"
+    if cuda:
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
+    with torch.profiler.profile(activities=activities) as prof:
+        calls["beam"]()
+        synchronize(world)
     averages = prof.key_averages()
-    tables = [f"one batched beam search call: {args.size}, {args.episodes} contexts of {tokens.shape[1]} "
-              f"tokens, K={beam.beam_width} H={beam.horizon}, graphs={world.graphs}\n"]  # fmt: skip
-    for key in ("cuda_time_total", "cpu_time_total") if world.device.type == "cuda" else ("cpu_time_total",):
+    shape = f"{args.episodes} contexts of {plan_tokens.shape[1]} tokens"
+    tables = [f"one batched beam search call: {args.size}, {shape}, K={beam.beam_width} H={beam.horizon}, "
+              f"graphs={world.graphs}\n"]  # fmt: skip
+    for key in ("self_cuda_time_total", "self_cpu_time_total") if cuda else ("self_cpu_time_total",):
         tables.append(f"\n== by {key} ==\n" + averages.table(sort_by=key, row_limit=25))
+    path = Path(out.name).with_suffix(".profile.txt")
     path.write_text("".join(tables))
     print(f"wrote {path}", flush=True)
 
@@ -220,6 +242,8 @@ def main() -> None:
     parser.add_argument("--beam-width", type=int, default=2)
     parser.add_argument("--horizon", type=int, default=2)
     parser.add_argument("--context", type=int, default=6)
+    parser.add_argument("--greedy-context", type=int, default=8, help="steps of a planner-only greedy call")
+    parser.add_argument("--calls", type=int, default=10, help="planner-only calls timed")
     parser.add_argument(
         "--processes", type=lambda text: [int(n) for n in text.split(",")], default=[1, 2, 4],
         help="concurrent mode: the process counts, comma-separated",

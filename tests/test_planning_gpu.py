@@ -48,7 +48,7 @@ def test_graphed_planning_equals_eager_planning(bf16: bool) -> None:
         assert torch.equal(plans[0].actions, plans[1].actions)
         assert torch.equal(plans[0].frames, plans[1].frames)
         torch.testing.assert_close(plans[0].scores, plans[1].scores, atol=1e-5, rtol=1e-5)
-    assert sorted(graphed._step_graphs) == [5 * 4]  # one graph per batch size, reused
+    assert sorted(graphed._step_graphs) == [5 * 2, 5 * 4]  # one graph per batch size (depth), reused
 
 
 def test_graphed_batched_planning_equals_one_context_at_a_time() -> None:
@@ -58,7 +58,7 @@ def test_graphed_batched_planning_equals_one_context_at_a_time() -> None:
     single = [beam_search(world, tokens[i : i + 1], tasks[i : i + 1], width=2, horizon=2, gamma=0.99)
               for i in range(len(tasks))]  # fmt: skip
     assert batched.first_actions.tolist() == [int(s.first_actions) for s in single]
-    torch.testing.assert_close(batched.scores, torch.cat([s.scores for s in single]), atol=1e-5, rtol=1e-6)
+    torch.testing.assert_close(batched.scores, torch.cat([s.scores for s in single]), atol=1e-4, rtol=1e-6)
     assert greedy(world, tokens, tasks).tolist() == [
         int(greedy(world, tokens[i : i + 1], tasks[i : i + 1])) for i in range(len(tasks))
     ]

@@ -1,6 +1,6 @@
 """The static-shape KV cache on random tiny JOWA models (CPU, float32): it computes what a growing cache
 (keys concatenated, attention over exactly the cached tokens) and a full forward compute, with the same
-shapes on every pass; beams reorder in place; a planner pass runs only the heads it needs; bf16 matmul
+shapes on every pass; rows reload in place; a planner pass runs only the heads it needs; bf16 matmul
 weights under autocast compute what autocast computes."""
 
 from __future__ import annotations
@@ -102,7 +102,7 @@ def test_every_decode_pass_attends_the_same_shapes(monkeypatch: pytest.MonkeyPat
     assert [layer.keys.data_ptr() for layer in cache.layers] == storage  # written in place
 
 
-def test_reordering_in_place_equals_selecting_copies() -> None:
+def test_loading_rows_in_place_equals_selecting_copies() -> None:
     model = tiny_model(1)
     tokens, tasks = window(3, 150, 1)
     rows = torch.tensor([2, 2, 0])
@@ -110,7 +110,9 @@ def test_reordering_in_place_equals_selecting_copies() -> None:
         cache = model.new_kv_cache()
         model.hidden(tokens[:, :110], tasks, cache)
         selected = cache.select(rows)
-        cache.reorder_(rows)
+        storage = [layer.keys.data_ptr() for layer in cache.layers]
+        cache.load(cache, rows)
+        assert [layer.keys.data_ptr() for layer in cache.layers] == storage
         for layer, copy in zip(cache.layers, selected.layers, strict=True):
             assert torch.equal(layer.keys, copy.keys) and torch.equal(layer.values, copy.values)
         continued = model.hidden(tokens[rows, 110:150], tasks[rows], cache)

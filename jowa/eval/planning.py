@@ -102,7 +102,8 @@ class WorldModel:
             return cache, self.q_values(self.model.q_head(hidden[:, -1:]), tasks)
 
     def decode_cache(self, source: KVCache, rows: torch.Tensor) -> KVCache:
-        """A cache holding `source`'s rows `rows`: with graphs the persistent one of that batch size."""
+        """A cache holding `source`'s rows `rows` (repeats allowed), to step: a new one, or with graphs the
+        persistent one of that batch size, whose tensors a captured step reads (`source` may be it)."""
         if not self.graphs:
             return source.select(rows)
         if len(rows) not in self._decode_caches:
@@ -228,8 +229,8 @@ def beam_search(
     of all contexts in one batch, scores the children (sum of gamma^(i-1) r_i + gamma^d max Q) and keeps
     the best K per context. A game with fewer than K valid actions gets invalid children at score -inf,
     which are never kept over a valid one: the same plan as expanding min(K, valid actions), without
-    reading the action count on the host. Every depth steps K^2 rows per context (K when H = 1; depth 1
-    repeats its K children), so each imagined step has one batch size; the cache is reordered in place.
+    reading the action count on the host. Depth d steps B K^min(d, 2) rows, so there are two batch sizes;
+    the rows of each depth's cache are gathered by index from the kept nodes' rows of the one before.
     """
     with world.session():
         return _beam_search(world, tokens, tasks, width=width, horizon=horizon, gamma=gamma)
@@ -239,36 +240,33 @@ def _beam_search(
     world: WorldModel, tokens: torch.Tensor, tasks: torch.Tensor, *, width: int, horizon: int, gamma: float
 ) -> Plan:
     batch, device = len(tasks), tokens.device
-    root, q = world.root(tokens, tasks, cached=horizon > 0)
+    cache, q = world.root(tokens, tasks, cached=horizon > 0)
     empty = torch.zeros(batch, 1, 0, device=device)  # each kept node's path so far: none at the root
     frames = torch.zeros(batch, 1, 0, world.tokens_per_frame, dtype=torch.long, device=device)
     path = {"actions": empty.long(), "rewards": empty, "ends": empty.bool(), "frames": frames}
     node_q, node_return, scores = q.unsqueeze(1), q.new_zeros(batch, 1), q.max(dim=-1).values.unsqueeze(1)
-    rows = width * width if horizon > 1 else width  # stepped rows per context
-    contexts = torch.arange(batch, device=device)
-    if horizon:
-        cache = world.decode_cache(root, contexts.unsqueeze(1).expand(batch, rows).flatten())
-        row_tasks = tasks.unsqueeze(1).expand(batch, rows).flatten()
+    contexts = torch.arange(batch, device=device).unsqueeze(1)
+    node_rows = contexts  # (B, nodes): each kept node's row in `cache`
     for depth in range(1, horizon + 1):
         nodes = node_q.shape[1]
         children = nodes * width
         action_q, actions = node_q.topk(width, dim=-1)  # (B, nodes, K), parent-major below
         actions, invalid = actions.flatten(1), action_q.flatten(1).isinf()
-        step = world.step(cache, actions.repeat(1, rows // children).flatten(), row_tasks)
-        rewards = step.rewards.view(batch, rows)[:, :children]
+        parent_rows = node_rows.unsqueeze(2).expand(batch, nodes, width).flatten()
+        cache = world.decode_cache(cache, parent_rows)
+        step = world.step(cache, actions.flatten(), tasks.unsqueeze(1).expand(batch, children).flatten())
+        rewards = step.rewards.view(batch, children)
         parent_return = node_return.unsqueeze(2).expand(batch, nodes, width).flatten(1)
         returns = (parent_return + gamma ** (depth - 1) * rewards).masked_fill(invalid, float("-inf"))
-        child_q = step.q.view(batch, rows, -1)[:, :children]
+        child_q = step.q.view(batch, children, -1)
         child_scores = returns + gamma**depth * child_q.max(dim=-1).values
         keep = child_scores.topk(width, dim=-1).indices
-        new = {"actions": actions, "rewards": rewards, "ends": step.ends.view(batch, rows)[:, :children],
-               "frames": step.frames.view(batch, rows, -1)[:, :children]}  # fmt: skip
+        new = {"actions": actions, "rewards": rewards, "ends": step.ends.view(batch, children),
+               "frames": step.frames.view(batch, children, -1)}  # fmt: skip
         path = {name: _take(_extend(path[name], width, new[name]), keep) for name in path}
         node_return, scores = returns.gather(1, keep), child_scores.gather(1, keep)
         node_q = _take(child_q, keep)
-        if depth < horizon:  # each kept child's cache row, once for each of its K children
-            parents = keep.unsqueeze(2).expand(batch, width, width).flatten(1)
-            cache.reorder_((parents + contexts.unsqueeze(1) * rows).flatten())
+        node_rows = keep + contexts * children
     best = scores.argmax(dim=-1, keepdim=True)
     chosen = {name: _take(values, best).squeeze(1) for name, values in path.items()}
     return Plan(**chosen, q=_take(node_q, best).squeeze(1), scores=scores.gather(1, best).squeeze(1))

@@ -131,10 +131,9 @@ class KVCache:
         self.position.add_(steps)
 
     def load(self, source: KVCache, rows: torch.Tensor) -> None:
-        """Hold copies of `source`'s rows `rows` (repeats allowed), e.g. a beam's root for each candidate.
-
-        Only the used slots are copied, into this cache's own tensors (their addresses stay fixed).
-        """
+        """Hold copies of `source`'s rows `rows` (repeats allowed; `source` may be this cache), e.g. a beam's
+        kept nodes for each of their candidates. Only the used slots are copied, into this cache's own
+        tensors, whose addresses stay fixed."""
         used = source.length
         for mine, theirs in zip(self.layers, source.layers, strict=True):
             if theirs.keys is None:
@@ -145,10 +144,6 @@ class KVCache:
             mine.values[:, :, :used] = theirs.values[:, :, :used].index_select(0, rows)
         self.length = used
         self.position.copy_(source.position)
-
-    def reorder_(self, rows: torch.Tensor) -> None:
-        """In place: row i becomes a copy of row `rows[i]` (a beam keeping its best candidates)."""
-        self.load(self, rows)
 
     @classmethod
     def cat(cls, caches: list[KVCache]) -> KVCache:
