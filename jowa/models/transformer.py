@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -95,17 +95,24 @@ class LayerKVCache:
         self.keys, self.values = like.new_zeros(shape), like.new_zeros(shape)
 
     def attend(
-        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor, dropout: float
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, slots: Slots, dropout: float
     ) -> torch.Tensor:
-        """Write k, v (B, heads, T, head_dim) at slots `positions` (T,), a device tensor; attend q to every
-        slot up to its own position (bottom-right causal); return (B, heads, T, head_dim)."""
+        """Write k, v (B, heads, T, head_dim) at `slots.positions`; attend q to every slot up to its own
+        position (`slots.mask`, bottom-right causal); return (B, heads, T, head_dim)."""
         if self.keys is None:
             self.allocate(k)
-        self.keys.index_copy_(2, positions, k)
-        self.values.index_copy_(2, positions, v)
-        slots = torch.arange(self.capacity, device=positions.device)
-        mask = slots <= positions.unsqueeze(1)  # (T, capacity)
-        return F.scaled_dot_product_attention(q, self.keys, self.values, attn_mask=mask, dropout_p=dropout)
+        self.keys.index_copy_(2, slots.positions, k)
+        self.values.index_copy_(2, slots.positions, v)
+        return F.scaled_dot_product_attention(
+            q, self.keys, self.values, attn_mask=slots.mask, dropout_p=dropout
+        )
+
+
+class Slots(NamedTuple):
+    """Where a pass of T tokens goes in a static cache: device tensors, computed once per pass."""
+
+    positions: torch.Tensor  # (T,) slot of each new token
+    mask: torch.Tensor  # (T, capacity) bool: slot j visible to new token i
 
 
 class KVCache:
@@ -121,10 +128,14 @@ class KVCache:
         self.layers = [LayerKVCache(cache_capacity(window)) for _ in range(num_layers)]
         self.length = 0
         self.position = torch.zeros(1, dtype=torch.long, device=device)
+        self.slot_ids = torch.arange(cache_capacity(window), device=device)
 
     def positions(self, steps: int) -> torch.Tensor:
         """Device slots of the next `steps` tokens."""
         return self.position + torch.arange(steps, device=self.position.device)
+
+    def slots(self, positions: torch.Tensor) -> Slots:
+        return Slots(positions, self.slot_ids <= positions.unsqueeze(1))
 
     def advance(self, steps: int) -> None:
         self.length += steps
@@ -188,16 +199,16 @@ class CausalSelfAttention(nn.Module):
         return usable and self.backend != "sdpa"
 
     def forward(
-        self, x: torch.Tensor, cache: LayerKVCache | None = None, positions: torch.Tensor | None = None
+        self, x: torch.Tensor, cache: LayerKVCache | None = None, slots: Slots | None = None
     ) -> torch.Tensor:
-        """Causal attention of x (B, T, E); with `cache`, x is at slots `positions` after the cached ones."""
+        """Causal attention of x (B, T, E); with `cache`, x goes to `slots` after the cached tokens."""
         batch, steps, width = x.shape
         head_shape = (batch, steps, self.num_heads, width // self.num_heads)
         # (B, heads, T, head_dim): the layout SDPA and the cache use.
         q, k, v = (layer(x).view(head_shape).transpose(1, 2) for layer in (self.query, self.key, self.value))
         dropout = self.attn_dropout if self.training else 0.0
         if cache is not None:
-            y = cache.attend(q, k, v, positions, dropout).transpose(1, 2)
+            y = cache.attend(q, k, v, slots, dropout).transpose(1, 2)
         elif self._use_flash(q):
             # flash-attn wants (B, T, heads, head_dim).
             y = flash_attn_func(
@@ -222,9 +233,9 @@ class Block(nn.Module):
         )
 
     def forward(
-        self, x: torch.Tensor, cache: LayerKVCache | None = None, positions: torch.Tensor | None = None
+        self, x: torch.Tensor, cache: LayerKVCache | None = None, slots: Slots | None = None
     ) -> torch.Tensor:
-        x = x + self.attn(self.ln1(x), cache, positions)
+        x = x + self.attn(self.ln1(x), cache, slots)
         return x + self.mlp(self.ln2(x))
 
 
@@ -254,8 +265,8 @@ class Transformer(nn.Module):
             for block in self.blocks:
                 x = block(x)
             return self.ln_f(x)
-        positions = kv_cache.positions(x.shape[1])
+        slots = kv_cache.slots(kv_cache.positions(x.shape[1]))
         for block, layer in zip(self.blocks, kv_cache.layers, strict=True):
-            x = block(x, layer, positions)
+            x = block(x, layer, slots)
         kv_cache.advance(x.shape[1])
         return self.ln_f(x)
