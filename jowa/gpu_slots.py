@@ -9,6 +9,13 @@ descriptors the command inherits, so they are held exactly as long as it runs an
 them when it ends, however it ends (SIGKILL too). It takes all of its devices at once or none, and
 waits while they are busy (no hold-and-wait).
 
+Sharing (`--share S`, evaluation jobs): up to S such jobs may hold one device together, since one
+planner leaves most of a large GPU idle. A shared job holds the device's file with a shared flock and
+one of its S share files (`DEVICE.share{k}.lock`) exclusively; a whole-device job's exclusive flock
+on the device's file therefore waits for every sharer to end, and sharers wait for it. A shared job
+goes to the device with the most free shares (ties in pool order), so evaluations spread over idle
+GPUs before they pile up on one.
+
 The pool: JOWA_GPU_POOL (comma-separated device ids, e.g. to leave some GPUs to others), else
 CUDA_VISIBLE_DEVICES as given (a SLURM allocation, or the user's), else every GPU torch sees. Under
 SLURM the lock namespace is the job's own (SLURM_JOB_ID), since SLURM gives each job disjoint GPUs;
@@ -69,38 +76,83 @@ def lock_dir(environ: dict[str, str]) -> Path:
     return root / (f"slurm-{job}" if job else "local")
 
 
-def try_acquire(pool: list[str], count: int, directory: Path) -> dict[str, int] | None:
-    """{device: locked fd} for `count` free devices of `pool` in pool order, or None (nothing kept)."""
+Locks = dict[str, list[int]]  # device -> the locked file descriptors that hold it
+
+
+def _lock(path: Path, mode: int) -> int | None:
+    """A descriptor of `path` flocked in `mode` without waiting, or None if another holder excludes it."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, mode | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def _device_file(directory: Path, device: str, suffix: str = "") -> Path:
+    return directory / f"{device.replace('/', '_')}{suffix}.lock"
+
+
+def _take_share(directory: Path, device: str, share: int) -> tuple[list[int], int] | None:
+    """(locks of one share of `device`, how many of its shares are still free), or None if none is."""
+    held = _lock(_device_file(directory, device), fcntl.LOCK_SH)
+    if held is None:
+        return None  # a whole-device job holds it
+    mine, free = None, 0
+    for k in range(share):
+        fd = _lock(_device_file(directory, device, f".share{k}"), fcntl.LOCK_EX)
+        if fd is not None and mine is None:
+            mine = fd
+        elif fd is not None:
+            free += 1
+            os.close(fd)  # only counted
+    if mine is None:
+        os.close(held)
+        return None
+    return [held, mine], free
+
+
+def try_acquire(pool: list[str], count: int, directory: Path, share: int = 1) -> Locks | None:
+    """{device: locked fds} for `count` devices of `pool`, or None (nothing kept).
+
+    share == 1: free devices in pool order, each held alone; share > 1: one of `share` shares of each,
+    preferring devices with more free shares.
+    """
     directory.mkdir(parents=True, exist_ok=True)
-    held: dict[str, int] = {}
-    for device in pool:
-        if len(held) == count:
-            break
-        fd = os.open(directory / f"{device.replace('/', '_')}.lock", os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            continue
-        held[device] = fd
+    held: Locks = {}
+    if share == 1:
+        for device in pool:
+            if len(held) == count:
+                break
+            fd = _lock(_device_file(directory, device), fcntl.LOCK_EX)
+            if fd is not None:
+                held[device] = [fd]
+    else:
+        offers = {device: offer for device in pool if (offer := _take_share(directory, device, share))}
+        best = sorted(offers, key=lambda device: -offers[device][1])[:count]
+        held = {device: offers[device][0] for device in pool if device in best}
+        release({device: fds for device, (fds, _) in offers.items() if device not in best})
     if len(held) == count:
         return held
     release(held)
     return None
 
 
-def release(held: dict[str, int]) -> None:
-    for fd in held.values():
-        with suppress(OSError):
-            os.close(fd)  # closing the last descriptor drops the flock
+def release(held: Locks) -> None:
+    for fds in held.values():
+        for fd in fds:
+            with suppress(OSError):
+                os.close(fd)  # closing the last descriptor drops the flock
 
 
-def acquire(pool: list[str], count: int, directory: Path, poll_s: float = 1.0) -> dict[str, int]:
-    """`count` devices of `pool`, waiting while fewer are free."""
+def acquire(pool: list[str], count: int, directory: Path, share: int = 1, poll_s: float = 1.0) -> Locks:
+    """`count` devices (or shares of them) of `pool`, waiting while fewer are free."""
     waited = False
-    while (held := try_acquire(pool, count, directory)) is None:
+    while (held := try_acquire(pool, count, directory, share)) is None:
         if not waited:
-            log.info("waiting for %d free GPU(s) of %s (locks in %s)", count, ",".join(pool), directory)
+            what = f"{count} free GPU(s)" if share == 1 else f"a free share (of {share}) of {count} GPU(s)"
+            log.info("waiting for %s of %s (locks in %s)", what, ",".join(pool), directory)
             waited = True
         time.sleep(poll_s)
     return held
@@ -114,8 +166,8 @@ def launch(command: list[str], processes: int) -> list[str]:
             f"--nproc-per-node={processes}", "--no-python", *command]  # fmt: skip
 
 
-def grant(gpus: int, environ: dict[str, str]) -> tuple[list[str], dict[str, int]]:
-    """(devices, their locks) for a job asking for `gpus`; no devices means the CPU."""
+def grant(gpus: int, environ: dict[str, str], share: int = 1) -> tuple[list[str], Locks]:
+    """(devices, their locks) for a job asking for `gpus` (shared by up to `share` jobs); none: the CPU."""
     if gpus == 0:
         return [], {}
     pool, where = device_pool(environ)
@@ -129,7 +181,7 @@ def grant(gpus: int, environ: dict[str, str]) -> tuple[list[str], dict[str, int]
             f"asked for {gpus} GPU(s), but {allocation} offers {len(pool)} ({where}={','.join(pool)!r}); "
             "ask for fewer (--resources gpu=N caps every job) or fix the allocation (`snakemake gpu_check`)"
         )
-    held = acquire(pool, gpus, lock_dir(environ))
+    held = acquire(pool, gpus, lock_dir(environ), share)
     return list(held), held
 
 
@@ -142,6 +194,11 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         help="the command trains with DDP: one process per GPU under torchrun --standalone when it gets "
         "more than one (without it, one process sees them all)",
     )  # fmt: skip
+    parser.add_argument(
+        "--share", type=int, default=1, metavar="S",
+        help="let up to S jobs run with --share S on each device at once (evaluation; a rule passes "
+        "{resources.gpu_shares}); 1, the default: the job holds its devices alone",
+    )  # fmt: skip
     parser.add_argument("command", nargs=argparse.REMAINDER, help="-- then the command to run")
 
 
@@ -151,12 +208,18 @@ def main(args: argparse.Namespace) -> None:
         raise GpuSlotError("no command given: jowa gpu-run --gpus N -- COMMAND ...")
     if args.gpus < 0:
         raise GpuSlotError(f"--gpus {args.gpus}: expected 0 or more")
+    if args.share < 1:
+        raise GpuSlotError(f"--share {args.share}: expected 1 or more jobs per device")
     environ = dict(os.environ)
-    devices, held = grant(args.gpus, environ)
+    devices, held = grant(args.gpus, environ, args.share)
     environ["CUDA_VISIBLE_DEVICES"] = ",".join(devices)
-    log.info("running on %s: %s", f"GPU(s) {','.join(devices)}" if devices else "the CPU", " ".join(command))
-    for fd in held.values():
-        os.set_inheritable(fd, True)  # the command holds the slots until it exits
+    where = f"GPU(s) {','.join(devices)}" if devices else "the CPU"
+    if devices and args.share > 1:
+        where += f" (shared by up to {args.share} jobs)"
+    log.info("running on %s: %s", where, " ".join(command))
+    for fds in held.values():
+        for fd in fds:
+            os.set_inheritable(fd, True)  # the command holds the slots until it exits
     sys.stderr.flush()
     run = launch(command, len(devices) if args.torchrun else 1)
     try:

@@ -67,6 +67,41 @@ def test_concurrent_jobs_get_disjoint_devices_and_a_killed_job_frees_its_own(tmp
                 kill(proc)
 
 
+def test_shared_jobs_spread_then_share_each_device_and_exclude_whole_device_jobs(tmp_path: Path) -> None:
+    environ = env(tmp_path, JOWA_GPU_POOL="0,1")
+    procs: dict[str, subprocess.Popen] = {}
+    try:
+        for name in "abcd":  # one at a time, so that each sees the previous ones' shares
+            procs[name] = start(environ, 1, tmp_path / name, "--share", "2")
+            wait_for(tmp_path / name)
+        got = {name: (tmp_path / name).read_text() for name in "abcd"}
+        assert got == {"a": "0", "b": "1", "c": "0", "d": "1"}  # the emptier device first, then 2 each
+        procs["e"] = start(environ, 1, tmp_path / "e", "--share", "2")
+        procs["whole"] = start(environ, 1, tmp_path / "whole")
+        time.sleep(2.0)
+        assert not (tmp_path / "e").exists() and not (tmp_path / "whole").exists()  # every share taken
+        kill(procs["a"])
+        assert wait_for(tmp_path / "e") == "0"  # a free share; the whole-device job still waits
+        assert not (tmp_path / "whole").exists()
+        kill(procs["c"]), kill(procs["e"])
+        assert wait_for(tmp_path / "whole") == "0"  # no sharer left on device 0
+        kill(procs["d"])
+        procs["f"] = start(environ, 1, tmp_path / "f", "--share", "2")
+        assert wait_for(tmp_path / "f") == "1"  # device 0 is held whole: shares only on device 1...
+        procs["g"] = start(environ, 1, tmp_path / "g", "--share", "2")
+        time.sleep(2.0)
+        assert not (tmp_path / "g").exists()  # ...whose two shares are taken
+    finally:
+        for proc in procs.values():
+            if proc.poll() is None:
+                kill(proc)
+
+
+def test_a_share_count_below_one_is_an_error(tmp_path: Path) -> None:
+    proc = run(env(tmp_path, JOWA_GPU_POOL="0"), "gpu-run", "--gpus", "1", "--share", "0", "--", "true")
+    assert proc.returncode == 1 and "--share 0: expected 1 or more jobs per device" in proc.stderr
+
+
 def test_no_gpu_asked_or_none_on_the_machine_runs_on_the_cpu(tmp_path: Path) -> None:
     show = ["--", sys.executable, "-c", "import os; print(repr(os.environ['CUDA_VISIBLE_DEVICES']))"]
     cpu = run(env(tmp_path, JOWA_GPU_POOL="0,1"), "gpu-run", "--gpus", "0", *show)

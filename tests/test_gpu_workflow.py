@@ -29,14 +29,19 @@ def test_gpu_jobs_take_their_devices_from_the_launcher_and_gpu_0_means_the_cpu(t
     jobs = gpu_jobs(plan)
     assert set(jobs) == DDP_RULES | {"tokenize", "evaluate_pretrained", "evaluate_finetuned"}
     for rule, (gpus, shell) in jobs.items():
-        torchrun = " --torchrun" if rule in DDP_RULES else ""
-        assert gpus == 1 and shell.startswith(f"jowa gpu-run --gpus 1{torchrun} -- jowa "), rule
+        option = " --torchrun" if rule in DDP_RULES else " --share 1" if rule.startswith("evaluate") else ""
+        assert gpus == 1 and shell.startswith(f"jowa gpu-run --gpus 1{option} -- jowa "), rule
     assert all(shell.startswith("jowa data") for rule, _, shell in planned_jobs(plan) if rule == "generate")
 
     on_cpu = gpu_jobs(snakemake(cwd, "-n", "-p", "--forceall", "--configfile", "config/smoke.yaml",
                                 "--resources", "gpu=0"))  # fmt: skip
     assert set(on_cpu) == set(jobs)  # all still planned: Snakemake scales each job's gpu down to the cap
     assert all(gpus == 0 and "jowa gpu-run --gpus 0 " in shell for gpus, shell in on_cpu.values())
+    shared = gpu_jobs(snakemake(cwd, "-n", "-p", "--forceall", "--configfile", "config/smoke.yaml",
+                                "--set-resources", "evaluate_pretrained:gpu_shares=4"))  # fmt: skip
+    assert all(
+        ("--share 4 " in shell) == (rule == "evaluate_pretrained") for rule, (_, shell) in shared.items()
+    )
 
 
 def test_gpu_check_checks_the_count_and_is_a_noted_no_op_on_the_cpu(tmp_path: Path) -> None:

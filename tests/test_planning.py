@@ -90,7 +90,9 @@ def test_batched_planning_equals_one_context_at_a_time(world: WorldModel) -> Non
     single = [beam_search(world, tokens[i : i + 1], tasks[i : i + 1], width=2, horizon=2, gamma=0.99)
               for i in range(len(tasks))]  # fmt: skip
     assert batched.first_actions.tolist() == [int(s.first_actions) for s in single]
-    torch.testing.assert_close(batched.scores, torch.cat([s.scores for s in single]), atol=1e-5, rtol=1e-6)
+    # Scores near 15 from 8x-scaled logits carry ~2e-5 of float32 rounding that depends on the batch's
+    # kernels (they differ from float64 by as much; in float64 batched and single scores are equal).
+    torch.testing.assert_close(batched.scores, torch.cat([s.scores for s in single]), atol=1e-4, rtol=1e-6)
     assert greedy(world, tokens, tasks).tolist() == [
         int(greedy(world, tokens[i : i + 1], tasks[i : i + 1])) for i in range(len(tasks))
     ]

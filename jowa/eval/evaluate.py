@@ -64,6 +64,10 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, required=True, help="the result JSON")
     parser.add_argument("--video", type=Path, help="also write episode 0 as an mp4")
     parser.add_argument("--device", help="torch device (default: the GPU if any, else the CPU)")
+    parser.add_argument(
+        "--no-cuda-graphs", action="store_true",
+        help="on a GPU, run every planner pass eagerly instead of replaying captured CUDA graphs",
+    )  # fmt: skip
 
 
 class Episodes:
@@ -259,7 +263,7 @@ def main(args: argparse.Namespace) -> None:
     model, meta = load_model(args.model, device)
     tokenizer, _ = load_tokenizer(args.tokenizer, device)
     tokenizer.eval()
-    world = WorldModel(model, bf16=params.precision == "bf16")
+    world = WorldModel(model, bf16=params.precision == "bf16", graphs=not args.no_cuda_graphs)
     settings = planner_settings(args)
     chosen = settings.model_dump() if settings is not None else {"context": params.greedy_context}
     hashes = {"model": sha256_file(args.model), "tokenizer": sha256_file(args.tokenizer)}

@@ -8,17 +8,20 @@ layout so that importing released checkpoints is a rename of the heads only.
 Attention runs through PyTorch's `scaled_dot_product_attention` by default. The `[flash]` extra installs
 flash-attn; it is used for CUDA fp16/bf16 tensors when the backend is "auto" or "flash". The backend is
 chosen when a model is built or loaded, not stored with its architecture: it changes the kernels, not the
-function the weights compute, so a checkpoint trained with one backend runs with any other. With a KV cache
-the new queries sit at the end of the key sequence, so the causal mask must be aligned bottom-right
-(spec gotcha 16): query i of T new tokens after L cached ones sees keys 0..L+i. flash-attn >= 2.1 aligns
-its causal mask that way; the SDPA path builds that mask explicitly.
+function the weights compute, so a checkpoint trained with one backend runs with any other.
+
+Incremental decoding goes through a static cache (`KVCache`): every layer's keys and values live in
+full-capacity tensors, new ones are written at device-side slot indices and each query attends every
+slot through a mask `slot <= its position` (bottom-right causal alignment, spec gotcha 16), so a pass
+of T tokens has the same shapes at any length and can be captured as a CUDA graph. Cached passes
+therefore always use SDPA with that mask; flash-attn serves the uncached (training) passes.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -66,46 +69,92 @@ def _check_attention_backend(attention: str) -> None:
         )
 
 
-class LayerKVCache:
-    """Keys and values of one layer, (B, heads, capacity, head_dim), allocated at the first append.
+def cache_capacity(window: int) -> int:
+    """Slots of a static cache: the window rounded up to 16, the key length CUDA's masked kernels want."""
+    return -(-window // 16) * 16
 
-    Lazy allocation takes batch size, dtype and device from the first keys, so a cache works unchanged
-    under bf16 autocast.
+
+class LayerKVCache:
+    """Keys and values of one layer at full capacity, (B, heads, capacity, head_dim).
+
+    Every pass attends all `capacity` slots through a length mask, so its shapes do not change from token
+    to token and a decode pass can be captured once as a CUDA graph. The tensors are allocated at the
+    first write (batch size, dtype and device from the keys, so the cache works under bf16 autocast) and
+    zero-filled: a masked slot then weighs exactly 0, never NaN from uninitialised memory.
     """
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
-        self.length = 0
         self.keys: torch.Tensor | None = None
         self.values: torch.Tensor | None = None
 
-    def append(self, keys: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Store the new (B, heads, T, head_dim) keys and values; return all keys and values so far."""
-        batch, heads, steps, head_dim = keys.shape
-        end = self.length + steps
-        if end > self.capacity:
-            raise ValueError(
-                f"KV cache overflow: {self.length} cached + {steps} new > capacity {self.capacity}"
-            )
+    def allocate(self, like: torch.Tensor) -> None:
+        """Zeroed full-capacity tensors shaped as the (B, heads, T, head_dim) tensor `like`."""
+        batch, heads, _, head_dim = like.shape
+        shape = (batch, heads, self.capacity, head_dim)
+        self.keys, self.values = like.new_zeros(shape), like.new_zeros(shape)
+
+    def attend(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, slots: Slots, dropout: float
+    ) -> torch.Tensor:
+        """Write k, v (B, heads, T, head_dim) at `slots.positions`; attend q to every slot up to its own
+        position (`slots.mask`, bottom-right causal); return (B, heads, T, head_dim)."""
         if self.keys is None:
-            shape = (batch, heads, self.capacity, head_dim)
-            self.keys = keys.new_empty(shape)
-            self.values = values.new_empty(shape)
-        self.keys[:, :, self.length : end] = keys
-        self.values[:, :, self.length : end] = values
-        self.length = end
-        return self.keys[:, :, :end], self.values[:, :, :end]
+            self.allocate(k)
+        self.keys.index_copy_(2, slots.positions, k)
+        self.values.index_copy_(2, slots.positions, v)
+        return F.scaled_dot_product_attention(
+            q, self.keys, self.values, attn_mask=slots.mask, dropout_p=dropout
+        )
+
+
+class Slots(NamedTuple):
+    """Where a pass of T tokens goes in a static cache: device tensors, computed once per pass."""
+
+    positions: torch.Tensor  # (T,) slot of each new token
+    mask: torch.Tensor  # (T, capacity) bool: slot j visible to new token i
 
 
 class KVCache:
-    """Per-layer key/value caches of a batch of sequences; `length` tokens are cached so far."""
+    """Per-layer static caches of a batch of sequences holding `length` tokens each.
 
-    def __init__(self, num_layers: int, capacity: int) -> None:
-        self.layers = [LayerKVCache(capacity) for _ in range(num_layers)]
+    The length is kept twice: `length` on the host, for bookkeeping (window checks, which rows to copy)
+    that must not wait for the device, and `position` on the device, the next free slot, which the
+    passes read and advance, so that a captured pass needs no host value.
+    """
 
-    @property
-    def length(self) -> int:
-        return self.layers[0].length
+    def __init__(self, num_layers: int, window: int, device: torch.device | str) -> None:
+        self.window = window
+        self.layers = [LayerKVCache(cache_capacity(window)) for _ in range(num_layers)]
+        self.length = 0
+        self.position = torch.zeros(1, dtype=torch.long, device=device)
+        self.slot_ids = torch.arange(cache_capacity(window), device=device)
+
+    def positions(self, steps: int) -> torch.Tensor:
+        """Device slots of the next `steps` tokens."""
+        return self.position + torch.arange(steps, device=self.position.device)
+
+    def slots(self, positions: torch.Tensor) -> Slots:
+        return Slots(positions, self.slot_ids <= positions.unsqueeze(1))
+
+    def advance(self, steps: int) -> None:
+        self.length += steps
+        self.position.add_(steps)
+
+    def load(self, source: KVCache, rows: torch.Tensor) -> None:
+        """Hold copies of `source`'s rows `rows` (repeats allowed; `source` may be this cache), e.g. a beam's
+        kept nodes for each of their candidates. Only the used slots are copied, into this cache's own
+        tensors, whose addresses stay fixed."""
+        used = source.length
+        for mine, theirs in zip(self.layers, source.layers, strict=True):
+            if theirs.keys is None:
+                continue
+            if mine.keys is None:
+                mine.allocate(theirs.keys[:1, :, :0].expand(len(rows), -1, -1, -1))
+            mine.keys[:, :, :used] = theirs.keys[:, :, :used].index_select(0, rows)
+            mine.values[:, :, :used] = theirs.values[:, :, :used].index_select(0, rows)
+        self.length = used
+        self.position.copy_(source.position)
 
     @classmethod
     def cat(cls, caches: list[KVCache]) -> KVCache:
@@ -113,29 +162,22 @@ class KVCache:
         lengths = {cache.length for cache in caches}
         if len(lengths) != 1:
             raise ValueError(f"caches of different lengths {sorted(lengths)} cannot be batched")
-        joined = cls(len(caches[0].layers), caches[0].layers[0].capacity)
+        first = caches[0]
+        joined = KVCache(len(first.layers), first.window, first.position.device)
         for index, layer in enumerate(joined.layers):
             sources = [cache.layers[index] for cache in caches]
-            layer.length = sources[0].length
             if sources[0].keys is not None:
                 layer.keys = torch.cat([source.keys for source in sources])
                 layer.values = torch.cat([source.values for source in sources])
+        joined.length = first.length
+        joined.position.copy_(first.position)
         return joined
 
     def select(self, batch_index: torch.Tensor) -> KVCache:
         """A new cache holding copies of the rows `batch_index` (repeats allowed), e.g. to expand a beam."""
-        selected = KVCache(len(self.layers), self.layers[0].capacity)
-        for source, target in zip(self.layers, selected.layers, strict=True):
-            target.length = source.length
-            if source.keys is not None:
-                target.keys = source.keys.index_select(0, batch_index)
-                target.values = source.values.index_select(0, batch_index)
+        selected = KVCache(len(self.layers), self.window, self.position.device)
+        selected.load(self, batch_index)
         return selected
-
-
-def _causal_mask(queries: int, keys: int, device: torch.device) -> torch.Tensor:
-    """Boolean (queries, keys) mask aligned bottom-right: the last query sees every key."""
-    return torch.ones(queries, keys, dtype=torch.bool, device=device).tril(diagonal=keys - queries)
 
 
 class CausalSelfAttention(nn.Module):
@@ -156,27 +198,24 @@ class CausalSelfAttention(nn.Module):
             raise ValueError(f"flash attention needs CUDA fp16/bf16 inputs, got {x.dtype} on {x.device}")
         return usable and self.backend != "sdpa"
 
-    def forward(self, x: torch.Tensor, cache: LayerKVCache | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, cache: LayerKVCache | None = None, slots: Slots | None = None
+    ) -> torch.Tensor:
+        """Causal attention of x (B, T, E); with `cache`, x goes to `slots` after the cached tokens."""
         batch, steps, width = x.shape
         head_shape = (batch, steps, self.num_heads, width // self.num_heads)
         # (B, heads, T, head_dim): the layout SDPA and the cache use.
         q, k, v = (layer(x).view(head_shape).transpose(1, 2) for layer in (self.query, self.key, self.value))
-        if cache is not None:
-            k, v = cache.append(k, v)
         dropout = self.attn_dropout if self.training else 0.0
-        if self._use_flash(q):
-            # flash-attn wants (B, T, heads, head_dim); its causal mask is bottom-right aligned.
+        if cache is not None:
+            y = cache.attend(q, k, v, slots, dropout).transpose(1, 2)
+        elif self._use_flash(q):
+            # flash-attn wants (B, T, heads, head_dim).
             y = flash_attn_func(
                 q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), dropout_p=dropout, causal=True
             )
         else:
-            queries, keys = q.shape[2], k.shape[2]
-            if queries == keys:
-                y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True)
-            else:
-                mask = None if queries == 1 else _causal_mask(queries, keys, x.device)
-                y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
-            y = y.transpose(1, 2)
+            y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True).transpose(1, 2)
         return self.resid_dropout(self.proj(y.reshape(batch, steps, width)))
 
 
@@ -193,8 +232,10 @@ class Block(nn.Module):
             nn.Linear(width, 4 * width), nn.GELU(), nn.Linear(4 * width, width), nn.Dropout(config.dropout)
         )
 
-    def forward(self, x: torch.Tensor, cache: LayerKVCache | None = None) -> torch.Tensor:
-        x = x + self.attn(self.ln1(x), cache)
+    def forward(
+        self, x: torch.Tensor, cache: LayerKVCache | None = None, slots: Slots | None = None
+    ) -> torch.Tensor:
+        x = x + self.attn(self.ln1(x), cache, slots)
         return x + self.mlp(self.ln2(x))
 
 
@@ -214,11 +255,18 @@ class Transformer(nn.Module):
         self.ln_f = nn.LayerNorm(config.embed_dim)
 
     def new_kv_cache(self) -> KVCache:
-        return KVCache(self.config.num_layers, self.config.max_tokens)
+        """An empty static cache on the model's device."""
+        return KVCache(self.config.num_layers, self.config.max_tokens, self.ln_f.weight.device)
 
     def forward(self, embeddings: torch.Tensor, kv_cache: KVCache | None = None) -> torch.Tensor:
         """(B, T, E) input embeddings -> (B, T, E) final-LN hidden states; appends to `kv_cache` if given."""
         x = self.drop(embeddings)
-        for index, block in enumerate(self.blocks):
-            x = block(x, None if kv_cache is None else kv_cache.layers[index])
+        if kv_cache is None:
+            for block in self.blocks:
+                x = block(x)
+            return self.ln_f(x)
+        slots = kv_cache.slots(kv_cache.positions(x.shape[1]))
+        for block, layer in zip(self.blocks, kv_cache.layers, strict=True):
+            x = block(x, layer, slots)
+        kv_cache.advance(x.shape[1])
         return self.ln_f(x)

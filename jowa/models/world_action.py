@@ -255,10 +255,11 @@ class JOWA(nn.Module):
         """An empty cache for incremental decoding over at most one 296-token window."""
         return self.transformer.new_kv_cache()
 
-    def _embed(
-        self, tokens: torch.Tensor, tasks: torch.Tensor, start: int, is_action: torch.Tensor
-    ) -> torch.Tensor:
-        is_action = is_action.unsqueeze(-1)
+    def _embed(self, tokens: torch.Tensor, tasks: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """Token, position and task embeddings of tokens (B, T) at window positions (T,), a device tensor."""
+        is_action = (positions % self.config.tokens_per_block == self.config.tokens_per_block - 1).unsqueeze(
+            -1
+        )
         # Token ids index the action table at slot 36 and the observation table elsewhere; clamping only
         # keeps the lookup of the unused table in range.
         x = torch.where(
@@ -266,7 +267,6 @@ class JOWA(nn.Module):
             self.action_embedding(tokens.clamp(max=self.config.num_actions - 1)),
             self.observation_embedding(tokens.clamp(max=self.config.obs_vocab - 1)),
         )
-        positions = torch.arange(start, start + tokens.shape[1], device=tokens.device)
         x = x + self.position_embedding(positions)
         if self.config.use_task_embed:
             task_action = self.task_embedding_action(tasks).unsqueeze(1)
@@ -290,16 +290,9 @@ class JOWA(nn.Module):
 
         Positions count from the start of the window: token i sits at position kv_cache.length + i.
         """
-        batch, length = tokens.shape
         start = 0 if kv_cache is None else kv_cache.length
-        if start + length > self.config.max_tokens:
-            raise ValueError(
-                f"{start} cached + {length} new tokens exceed the {self.config.max_tokens}-token window"
-            )
-        if tasks.shape != (batch,):
-            raise ValueError(f"tasks must have shape ({batch},), got {tuple(tasks.shape)}")
-        layout = self._layout(start, length, tokens.device)
-        hidden = self.transformer(self._embed(tokens, tasks, start, layout.is_action), kv_cache)
+        hidden = self.hidden(tokens, tasks, kv_cache)
+        layout = self._layout(start, tokens.shape[1], tokens.device)
         action_hidden = hidden[:, layout.action]
         q_hidden = hidden[:, layout.q]
         with torch.no_grad():
@@ -311,6 +304,38 @@ class JOWA(nn.Module):
             q_logits=self.q_head(q_hidden),
             q_target_logits=q_target_logits,
         )
+
+    def hidden(
+        self, tokens: torch.Tensor, tasks: torch.Tensor, kv_cache: KVCache | None = None
+    ) -> torch.Tensor:
+        """Final-LN hidden states (B, T, E) of `tokens` (B, T), no head: callers that need only some heads
+        (the planner) apply those, to the positions they need. Reads no device value on the host."""
+        batch, length = tokens.shape
+        start = 0 if kv_cache is None else kv_cache.length
+        if start + length > self.config.max_tokens:
+            raise ValueError(
+                f"{start} cached + {length} new tokens exceed the {self.config.max_tokens}-token window"
+            )
+        if tasks.shape != (batch,):
+            raise ValueError(f"tasks must have shape ({batch},), got {tuple(tasks.shape)}")
+        positions = (
+            torch.arange(length, device=tokens.device) if kv_cache is None else kv_cache.positions(length)
+        )
+        return self.transformer(self._embed(tokens, tasks, positions), kv_cache)
+
+    @torch.no_grad()
+    def matmul_weights_to_(self, dtype: torch.dtype) -> JOWA:
+        """Keep the weights autocast would cast for its matmuls (Linear, the Q ensemble's baddbmm) in
+        `dtype`, in place; embeddings and norms stay float32. Under autocast the model then computes
+        exactly what it computed before, without re-casting weights in every pass (which a captured
+        CUDA graph would repeat on each replay). For evaluation only: the optimizer expects float32."""
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                module.to(dtype)
+            elif isinstance(module, QEnsemble):
+                for name in ("in_weight", "in_bias", "mid_weight", "mid_bias", "out_weight", "out_bias"):
+                    getattr(module, name).data = getattr(module, name).data.to(dtype)
+        return self
 
     def configure_optimizers(
         self,

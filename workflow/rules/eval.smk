@@ -2,6 +2,8 @@
 # fine-tuned model on its held-out game without planning (as the paper evaluates fine-tuning, spec 6).
 # Released checkpoints (params `released`) are pretrained sizes named released-{name} here.
 # One job plays all of a game's episodes at once on one GPU (`jowa.eval.evaluate`), under `jowa gpu-run`.
+# Evaluation jobs may share a GPU: `--set-resources evaluate_pretrained:gpu_shares=4` lets up to 4 of them
+# hold one device at once (`jowa gpu-run --share`); training jobs still take whole devices.
 
 EVAL_ROOT = "results/eval"
 PLANNERS = ["greedy", "beam"]
@@ -24,12 +26,13 @@ rule evaluate_pretrained:
     threads: 2
     resources:
         gpu=1,
+        gpu_shares=1,
     log:
         "logs/eval/pretrain/{size}/{planner}/{game}.log",
     benchmark:
         "logs/benchmarks/eval/pretrain/{size}/{planner}/{game}.tsv"
     shell:
-        "jowa gpu-run --gpus {resources.gpu} --"
+        "jowa gpu-run --gpus {resources.gpu} --share {resources.gpu_shares} --"
         " jowa evaluate --params {params.eval:q} --model {input.model:q} --tokenizer {input.tokenizer:q}"
         " --game {wildcards.game} --planner {wildcards.planner} {params.beam} --size {wildcards.size}"
         " --out {output:q} 2> {log:q}"
@@ -50,12 +53,13 @@ rule evaluate_finetuned:
     threads: 2
     resources:
         gpu=1,
+        gpu_shares=1,
     log:
         "logs/eval/finetune/{size}/{quality}/{game}.log",
     benchmark:
         "logs/benchmarks/eval/finetune/{size}/{quality}/{game}.tsv"
     shell:
-        "jowa gpu-run --gpus {resources.gpu} --"
+        "jowa gpu-run --gpus {resources.gpu} --share {resources.gpu_shares} --"
         " jowa evaluate --params {params.eval:q} --model {input.model:q} --tokenizer {input.tokenizer:q}"
         " --game {wildcards.game} --planner greedy --size {wildcards.size} --out {output:q} 2> {log:q}"
 
