@@ -5,7 +5,8 @@ reads each file's small per-row arrays (action, reward, terminal) once, places t
 global row axis (`jowa.data.placement`), cuts its new rows into episodes (padding after terminals, gaps,
 the run's end; rows no file holds are a gap only if more than padding is lost) and keeps those rows in
 time order, compactly: actions as uint8 and rewards as int8 (as float32 if a file holds other values
-than -1, 0 and 1), about 2 bytes per row, plus one row number per terminal. `jowa.data.extract` takes per-row arrays from there and inflates only observation files.
+than -1, 0 and 1), about 2 bytes per row, plus one row number per terminal. `jowa.data.extract` takes
+per-row arrays from there and inflates only observation files.
 """
 
 from __future__ import annotations
@@ -68,6 +69,15 @@ class RunIndex:
 
     def whole_episodes(self) -> list[Episode]:
         return [e for e in self.episodes if not e.truncated]
+
+    def action_outside(self, num_actions: int) -> tuple[str, int] | None:
+        """(where, action) of the first stored action of `num_actions` or more, or None; from the index."""
+        for file in self.files:
+            bad = np.flatnonzero(self.held[file.position].actions >= num_actions)
+            if bad.size:
+                where = f"{self.path('action', file)}: global row {file.first_row + int(bad[0])}"
+                return where, int(self.held[file.position].actions[bad[0]])
+        return None
 
     def path(self, kind: str, file: ReplayFile) -> Path:
         return replay_path(self.replay_dir, kind, file.suffix)
