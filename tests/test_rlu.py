@@ -97,7 +97,7 @@ def test_example_fields_and_terminal_alignment() -> None:
     episode = decode_episode(record, "here")
     assert (episode.checkpoint, episode.episode, episode.terminal, len(episode)) == (4, 9, True, 3)
     np.testing.assert_array_equal(episode.actions, [2, 0, 1])
-    np.testing.assert_array_equal(episode.rewards, [0.0, 7.0, -2.0])  # unclipped, as stored
+    np.testing.assert_array_equal(episode.rewards, [0.0, 1.0, -1.0])  # the clipped field
     cut = decode_episode(
         encode_episode(
             checkpoint=0, episode=0, frames=frames, actions=[1, 1, 1], rewards=[0, 0, 0], terminal=False
@@ -274,3 +274,20 @@ def test_an_action_outside_the_game_names_shard_and_record_before_any_frame_is_r
         "set of 6 actions (0 to 5): is this run really SpaceInvaders?"
     ]
     assert not (tmp_path / "store").exists()
+
+
+def test_the_shard_count_expected_is_the_games(tmp_path: Path) -> None:
+    """49 shards: a whole Carnival run (one checkpoint fewer), a short Pong run."""
+    mirror = tmp_path / "atari_episodes_ordered"
+    source = _dopamine_run(tmp_path, 200, seed=6)
+    for game in ("Carnival", "Pong"):
+        write_rlu_run(read_episodes(source), mirror / game, 1, shards=49)
+    dest, manifest = tmp_path / "res" / "Carnival" / "1", tmp_path / "res" / "Carnival.tsv"
+    download_run(str(mirror), "Carnival", 1, dest, manifest, progress=False)
+    assert len(read_manifest(manifest)) == 49
+    with pytest.raises(
+        DownloadError, match=r"Pong is not a complete RL Unplugged run: 49 shards, expected 50"
+    ):
+        download_run(
+            str(mirror), "Pong", 1, tmp_path / "res" / "Pong" / "1", tmp_path / "P.tsv", progress=False
+        )
