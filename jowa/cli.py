@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import shlex
 import signal
 import sys
 import threading
@@ -115,6 +116,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(rest)
     args.quiet = options.quiet
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    # a workflow job's log (its stderr) then starts with the job's command, which the console leaves out
+    logging.getLogger(__name__).info("command: %s", shlex.join(["jowa", *argv]))
     try:
         with _sigterm_raises():
             module.main(args)
