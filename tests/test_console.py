@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -117,3 +118,15 @@ def test_eta_weighs_each_rules_mean_time_by_the_parallelism_reached() -> None:
 
 def test_durations_read_at_a_glance() -> None:
     assert [duration(s) for s in (0.4, 42, 185, 3720)] == ["0s", "42s", "3m05s", "1h02m"]
+
+
+def test_a_jowa_jobs_log_starts_with_its_command(tmp_path: Path) -> None:
+    """What the console leaves out: a rule's `2> {log}` gets the command first, quoted to run again."""
+    args = ["-q", "data", "subsample", "--params", PARAMS.replace("}", ', "runs_per_game": 1}'),
+            "--game", "Pong", "--runs", "1", "--replay-dirs", str(tmp_path / "run 1"),
+            "--manifests", str(tmp_path / "1.tsv"), "--out", str(tmp_path / "store")]  # fmt: skip
+    proc = subprocess.run(["jowa", *args], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1  # the manifest is missing; the command was logged before that
+    first = proc.stderr.splitlines()[0]
+    assert first.startswith("INFO jowa.cli: command: ")
+    assert shlex.split(first.removeprefix("INFO jowa.cli: command: ")) == ["jowa", *args]

@@ -147,9 +147,9 @@ class LogHandler(LogHandlerBase):
         self._write(f"{stamp}  {text}")
 
     def _write(self, text: str) -> None:
-        with self.default._output_lock:
-            self.default.stream.write(text + "\n")
-            self.default.flush()
+        """To Snakemake's stream; records come one at a time, from its queue's listener thread."""
+        self.default.stream.write(text + "\n")
+        self.default.flush()
 
 
 def _is_chatter(record: logging.LogRecord) -> bool:
