@@ -114,7 +114,7 @@ def build_store(
     if not candidates:
         raise SubsampleError(
             f"{game}: no whole episode starts within {window_name} {list(window)} of run "
-            f"{'; run '.join(_window_summary(i, run, window) for i, run in runs.items())}; "
+            f"{'; run '.join(_window_summary(i, run) for i, run in runs.items())}; "
             "expected at least one: widen the window or use longer runs"
         )
     rng = np.random.default_rng([seed, games.task_id(game)])
@@ -166,7 +166,7 @@ def check_actions(game: str, runs: dict[int, Run]) -> None:
             )
 
 
-def _window_summary(run_id: int, run: Run, window: tuple[float, float]) -> str:
+def _window_summary(run_id: int, run: Run) -> str:
     """Where a run's whole episodes start, for the error that none starts in the window."""
     starts = sorted({e.position for e in run.whole_episodes()})
     where = f"checkpoints {starts[0]} to {starts[-1]}" if starts else "no checkpoint"
