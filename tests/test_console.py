@@ -29,7 +29,7 @@ rule all:
 
 rule stage:
     input: "in.txt"
-    output: "out/{{game}}.txt"
+    output: protected("out/{{game}}.txt")
     log: "logs/{{game}}.log"
     params: section={PARAMS!r}
     shell: "(sleep 0.3; echo {{params.section:q}} > {{output}}; [ ! -e fail-{{wildcards.game}} ] || "
@@ -72,7 +72,8 @@ def test_one_line_per_job_start_and_end_with_progress_and_eta(workflow: Path) ->
     assert re.fullmatch(r"in \d+s  ·  1 of 4 steps \(25%\) done, [01] running, ETA \d+s", done[0])
     assert done[-1].endswith("4 of 4 steps (100%) done, 0 running")  # no ETA once all is done
     # no job's inputs, command or parameters, no banner, no scheduler chatter
-    for noise in ("input:", "Shell command", PARAMS, "SNAKEMAKE", "Select jobs to execute", "Execute 2 jobs"):
+    chatter = ("Select jobs to execute", "Execute 2 jobs", "Write-protecting")
+    for noise in ("input:", "Shell command", PARAMS, "SNAKEMAKE", *chatter):
         assert noise not in proc.stderr + proc.stdout, noise
     assert "Job stats:" in proc.stderr  # the plan's size, once, as Snakemake prints it
 

@@ -35,6 +35,7 @@ _CHATTER = (
     "Rules claiming more threads will be scaled down",
     "Select jobs to execute",
     "host:",
+    "Write-protecting output file",  # each protected() output of a raw run, once per file
 )
 _SILENT = {LogEvent.WORKFLOW_STARTED, LogEvent.JOB_STARTED, LogEvent.RESOURCES_INFO}
 
