@@ -12,10 +12,14 @@ export PATH := $(BIN):$(PATH)
 
 .PHONY: run test
 
-$(VENV)/.installed: pyproject.toml
+# The console's Snakemake logger plugin is its own small package, installed (not editable: Snakemake
+# finds plugins only on the path) and reinstalled whenever its files change.
+LOGGER := plugins/snakemake-logger-plugin-jowa
+
+$(VENV)/.installed: pyproject.toml $(LOGGER)/pyproject.toml $(wildcard $(LOGGER)/snakemake_logger_plugin_jowa/*.py)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet "$(TORCH)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
-	$(BIN)/python -m pip install --quiet -e ".[workflow,dev]"
+	$(BIN)/python -m pip install --quiet -e ".[workflow,dev]" ./$(LOGGER)
 	touch $@
 
 run: $(VENV)/.installed

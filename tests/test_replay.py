@@ -291,3 +291,49 @@ def test_rewards_other_than_minus_one_zero_one_come_back_exactly(tmp_path: Path)
     rewrite(replay_dir / checkpoint_filename("reward", 0), change)
     first, rows, _ = next(read_episodes(replay_dir))
     assert first.start_row == 3 and rows.rewards.dtype == np.float32 and rows.rewards[7] == 0.25
+
+
+def _skipped_log_before_the_final_one(replay_dir: Path, first: int, second: int) -> list[list[int]]:
+    """A capacity-40 run whose final log comes right after a skipped one; returns its episodes' step ids.
+
+    The first log (add_count 39) follows the first episode's step in slot 38. The third episode's padding
+    then runs over slot 38 of the next wrap, so that wrap's log is skipped (Dopamine checks add_count only
+    after each add() call), and its first step ends the run: the final log loses the rows written in
+    slots 39, 0, ... before the skipped log. `second` places the second episode's terminal, so that they
+    are 1 to 3 rows.
+    """
+    writer = DopamineReplayWriter(replay_dir, capacity=40, compresslevel=1)
+    episodes, step = [], 0
+    for length, terminal in ((first, True), (second, True), (1, False)):
+        episodes.append(list(range(step, step + length)))
+        for t in range(length):
+            frame = np.zeros((84, 84), np.uint8)
+            frame[0, :3] = (step % 255 + 1, step // 255, 7)  # the fixture's encoding (`step_ids`)
+            writer.add(frame, step % 4, 0.0, terminal and t == length - 1)
+            step += 1
+    assert writer.log_count == 1  # the second wrap's log was skipped
+    writer.finish()
+    return episodes
+
+
+@pytest.mark.parametrize("missing", [1, 2, 3])
+def test_rows_missing_only_padding_are_no_gap(tmp_path: Path, missing: int) -> None:
+    """The lost rows are the padding before the second episode's first step: both episodes are whole."""
+    replay_dir = tmp_path / "replay_logs"
+    truth = _skipped_log_before_the_final_one(replay_dir, first=36, second=33 + missing)
+    index = index_run(replay_dir)
+    assert index.files[1].first_row - index.files[0].end_row == missing  # rows no file holds
+    assert index.gaps == []
+    assert [(e.truncated, e.after_gap) for e in index.episodes] == [(False, False)] * 2 + [(True, False)]
+    episodes = [(e.truncated, step_ids(frames)) for e, _, frames in read_episodes(replay_dir)]
+    assert episodes == [(False, truth[0]), (False, truth[1]), (True, truth[2])]
+
+
+def test_a_lost_step_next_to_missing_padding_is_still_a_gap(tmp_path: Path) -> None:
+    """The same shape, but the lost row is the first episode's last step: a gap that cuts both neighbours."""
+    replay_dir = tmp_path / "replay_logs"
+    truth = _skipped_log_before_the_final_one(replay_dir, first=37, second=33)
+    index = index_run(replay_dir)
+    assert index.gaps == [(39, 40)]
+    episodes = [(e.truncated, step_ids(frames)) for e, _, frames in read_episodes(replay_dir)]
+    assert episodes[0] == (True, truth[0][:-1]) and all(truncated for truncated, _ in episodes)

@@ -15,13 +15,14 @@ import crcmod.predefined
 import numpy as np
 import pytest
 
+from jowa.cli import main as jowa_main
 from jowa.data.dopamine_format import ReplayFormatError
 from jowa.data.download import DownloadError, download_run
 from jowa.data.extract import read_episodes
 from jowa.data.generate import DopamineReplayWriter, generate_run
 from jowa.data.manifest import read_manifest, write_manifest
 from jowa.data.replay import index_run
-from jowa.data.rlu_format import decode_episode, encode_episode, num_shards, shard_filename
+from jowa.data.rlu_format import Example, decode_episode, encode_episode, num_shards, shard_filename
 from jowa.data.rlu_run import index_rlu_run, write_rlu_run
 from jowa.data.runs import open_run
 from jowa.data.store import TrainingStore
@@ -96,7 +97,7 @@ def test_example_fields_and_terminal_alignment() -> None:
     episode = decode_episode(record, "here")
     assert (episode.checkpoint, episode.episode, episode.terminal, len(episode)) == (4, 9, True, 3)
     np.testing.assert_array_equal(episode.actions, [2, 0, 1])
-    np.testing.assert_array_equal(episode.rewards, [0.0, 7.0, -2.0])  # unclipped, as stored
+    np.testing.assert_array_equal(episode.rewards, [0.0, 1.0, -1.0])  # the clipped field
     cut = decode_episode(
         encode_episode(
             checkpoint=0, episode=0, frames=frames, actions=[1, 1, 1], rewards=[0, 0, 0], terminal=False
@@ -109,8 +110,6 @@ def test_example_fields_and_terminal_alignment() -> None:
 def test_bad_examples_are_named(tmp_path: Path) -> None:
     with pytest.raises(ReplayFormatError, match="here: not a tf.train.Example"):
         decode_episode(b"\xff\xff\xff", "here")
-    from jowa.data.rlu_format import Example
-
     example = Example()
     example.features.feature["actions"].int64_list.value.extend([1, 2])
     with pytest.raises(ReplayFormatError, match="no 'observations' feature"):
@@ -244,3 +243,51 @@ def test_verify_checks_an_rlu_run_against_its_manifest(rlu_mirror: Path, tmp_pat
     with pytest.raises(RunVerificationError) as err:
         verify_runs([(dest, manifest)])
     assert f"{late}: " in str(err.value) and "not a gzip file" in str(err.value)
+
+
+def test_an_action_outside_the_game_names_shard_and_record_before_any_frame_is_read(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A record of another game: one line naming the shard and the record, from the index alone.
+
+    The record's first observation is no PNG either: had its frames been decoded first, that would be
+    the error reported instead.
+    """
+    rlu_dir = _both_layouts(tmp_path, _dopamine_run(tmp_path, 300, seed=2), run=1)[1]
+    shard = rlu_dir / shard_filename(1, 2, index_run(tmp_path / "dopamine").num_files)
+    records = list(read_records(shard))
+    example = Example.FromString(records[1])
+    example.features.feature["actions"].int64_list.value[0] = 9  # SpaceInvaders has 6 actions
+    example.features.feature["observations"].bytes_list.value[0] = b"not a png"
+    records[1] = example.SerializeToString()
+    write_records(shard, records)
+    write_manifest(rlu_dir, tmp_path / "manifest.tsv")
+
+    status = jowa_main(
+        ["data", "subsample", "--params", '{"runs_per_game": 1, "transitions_per_game": 100000, "seed": 0}',
+         "--game", "SpaceInvaders", "--runs", "1", "--replay-dirs", str(rlu_dir),
+         "--manifests", str(tmp_path / "manifest.tsv"), "--out", str(tmp_path / "store")]
+    )  # fmt: skip
+    errors = [line for line in capsys.readouterr().err.splitlines() if not line.startswith("INFO ")]
+    assert status == 1 and errors == [
+        f"jowa data subsample: error: {shard}: record 1: action 9 is outside SpaceInvaders's minimal action "
+        "set of 6 actions (0 to 5): is this run really SpaceInvaders?"
+    ]
+    assert not (tmp_path / "store").exists()
+
+
+def test_the_shard_count_expected_is_the_games(tmp_path: Path) -> None:
+    """49 shards: a whole Carnival run (one checkpoint fewer), a short Pong run."""
+    mirror = tmp_path / "atari_episodes_ordered"
+    source = _dopamine_run(tmp_path, 200, seed=6)
+    for game in ("Carnival", "Pong"):
+        write_rlu_run(read_episodes(source), mirror / game, 1, shards=49)
+    dest, manifest = tmp_path / "res" / "Carnival" / "1", tmp_path / "res" / "Carnival.tsv"
+    download_run(str(mirror), "Carnival", 1, dest, manifest, progress=False)
+    assert len(read_manifest(manifest)) == 49
+    with pytest.raises(
+        DownloadError, match=r"Pong is not a complete RL Unplugged run: 49 shards, expected 50"
+    ):
+        download_run(
+            str(mirror), "Pong", 1, tmp_path / "res" / "Pong" / "1", tmp_path / "P.tsv", progress=False
+        )

@@ -9,12 +9,13 @@ import numpy as np
 import pytest
 
 from jowa import games
+from jowa.cli import main as jowa_main
 from jowa.data.extract import read_episodes
 from jowa.data.generate import DopamineReplayWriter
 from jowa.data.manifest import write_manifest
 from jowa.data.replay import index_run
 from jowa.data.store import TrainingStore, segment_mask
-from jowa.data.subsample import build_store, pick_runs
+from jowa.data.subsample import SubsampleError, build_store, pick_runs
 
 GAME = "SpaceInvaders"  # 6 minimal actions
 CAPACITY = 120
@@ -148,9 +149,18 @@ def test_checkpoint_window_keeps_episodes_of_late_files(runs, tmp_path: Path) ->
 
 
 def test_actions_outside_the_minimal_set_are_rejected(runs, tmp_path: Path) -> None:
-    root, _ = runs
+    root, truth = runs
+    replay_dir = root / GAME / "1" / "replay_logs"
+    first = next(i for i, (action, _, _) in sorted(truth[1].items()) if action >= 4)  # a step's id
+    first_row = next(
+        episode.start_row + int(np.flatnonzero(decode(frames)[0] == first)[0])
+        for episode, _, frames in read_episodes(replay_dir)
+        if first in decode(frames)[0]
+    )
     with pytest.raises(
-        ValueError, match=r"outside Atlantis.s minimal action set of 4 actions: is this run really Atlantis"
+        SubsampleError,
+        match=rf"action_ckpt\.\d+\.gz: global row {first_row}: action \d is outside Atlantis's minimal "
+        r"action set of 4 actions \(0 to 3\): is this run really Atlantis",
     ):
         build_store(
             game="Atlantis",  # 4 minimal actions, the run has 6
@@ -176,3 +186,29 @@ def test_run_picks_match_the_reference_draw() -> None:
     assert pick_runs(["Pong"], [1, 2, 3], 3, seed=9) == {"Pong": (1, 2, 3)}
     with pytest.raises(ValueError, match="cannot pick 4 runs"):
         pick_runs(["Pong"], [1, 2, 3], 4, seed=0)
+
+
+def test_a_quality_window_without_a_whole_episode_is_one_line(
+    runs, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """It names the window (its params key), the game and the run, and what the run does hold."""
+    root, _ = runs
+    replay_dir = root / GAME / "1" / "replay_logs"
+    index = index_run(replay_dir)
+    starts = sorted({e.position for e in index.whole_episodes()})
+    params = (
+        '{"transitions_per_game": 50, "runs_per_game": 1, "seed": 0, "qualities": {"expert": [0.999, 1.0]}}'
+    )
+    status = jowa_main(
+        ["data", "finetune-set", "--params", params, "--quality", "expert", "--game", GAME, "--runs", "1",
+         "--replay-dirs", str(replay_dir), "--manifests", str(root / "manifests" / GAME / "1.tsv"),
+         "--out", str(tmp_path / "expert")]
+    )  # fmt: skip
+    errors = [line for line in capsys.readouterr().err.splitlines() if not line.startswith("INFO ")]
+    assert status == 1 and errors == [
+        f"jowa data finetune-set: error: {GAME}: no whole episode starts within the window "
+        f"finetune_data.qualities.expert [0.999, 1.0] of run 1 ({replay_dir}: {index.num_files} checkpoints, "
+        f"whole episodes start in checkpoints {starts[0]} to {starts[-1]}); expected at least one: widen the "
+        "window or use longer runs"
+    ]
+    assert not (tmp_path / "expert").exists()

@@ -66,6 +66,7 @@ class _Source:
     root: str  # what the user gave as `source`, for messages
     remote: bool
     layout: Layout
+    game: str
     run: int
 
     @property
@@ -127,7 +128,8 @@ def _resolve_source(source: str, game: str, run: int) -> _Source:
         )
     subpath = run_path(game, run) if layout == "dqn-replay" else game
     if source.startswith("gs://"):
-        return _Source(f"{source.rstrip('/')}/{subpath}", source, remote=True, layout=layout, run=run)
+        location = f"{source.rstrip('/')}/{subpath}"
+        return _Source(location, source, remote=True, layout=layout, game=game, run=run)
     if source.startswith("file://"):
         source = source[len("file://") :]
     elif "://" in source:
@@ -136,7 +138,7 @@ def _resolve_source(source: str, game: str, run: int) -> _Source:
     location = str(root / subpath)
     if _WILDCARD_RE.search(location):  # gsutil would expand these as wildcards in local paths too
         raise DownloadError(f"local mirror path {location} contains one of * ? [ ], which gsutil cannot copy")
-    return _Source(location, str(root), remote=False, layout=layout, run=run)
+    return _Source(location, str(root), remote=False, layout=layout, game=game, run=run)
 
 
 def _require_local_run(src: _Source) -> None:
@@ -252,9 +254,9 @@ def _verify_staging(staging: Path, expected: dict[str, int], src: _Source) -> No
     try:
         if src.layout == "rl-unplugged":
             shards = check_shard_set(staging, sorted(expected))
-            if len(shards) != num_shards(Path(src.location).name):
+            if len(shards) != num_shards(src.game):
                 raise ReplayFormatError(
-                    f"{len(shards)} shards, expected {num_shards(Path(src.location).name)}"
+                    f"{len(shards)} shards, expected {num_shards(src.game)} (RL Unplugged's for {src.game})"
                 )
             problems = shard_problems(shards)
         else:

@@ -41,5 +41,6 @@ def main(args: argparse.Namespace) -> None:
         transitions_per_game=params.transitions_per_game,
         seed=params.seed,
         window=params.qualities[args.quality],
+        window_name=f"the window finetune_data.qualities.{args.quality}",
         extra_meta={"split": "finetune", "quality": args.quality},
     )

@@ -4,8 +4,11 @@ The same agents' data as DQN-Replay, published as `gs://rl_unplugged/atari_episo
 run_{run}-{shard:05d}-of-{num_shards:05d}`: one GZIP-compressed TFRecord shard per 1M-step checkpoint of
 the run, in time order (50 shards; 49 for Carnival, Gravitar and StarGunner), each record a
 `tf.train.Example` holding one whole episode. Per step: `observations` (PNG, 84x84x1), `actions` (index
-into the game's minimal action set, as in DQN-Replay), `unclipped_rewards`, `clipped_rewards`,
-`discounts`. A last discount of 0 marks a terminal episode, whose last step carries only the terminal
+into the game's minimal action set, as in DQN-Replay), `clipped_rewards`, `unclipped_rewards` and
+`discounts`. Both reward fields hold the rewards the agent learned from, clipped to [-1, 1] as in
+DQN-Replay: TFDS's `rlu_atari` says each step's reward is clipped, and in its test shard
+`unclipped_rewards` equals `clipped_rewards`, despite the name. True game scores are in neither layout.
+A last discount of 0 marks a terminal episode, whose last step carries only the terminal
 observation: its action and reward are not a transition (Dopamine never stores that observation). An
 episode without it was cut (by the step cap or the run's end) and is not known to be whole.
 
@@ -110,7 +113,7 @@ class RluEpisode:
     episode: int
     terminal: bool  # ends in a terminal state: a whole episode
     actions: np.ndarray  # int64, minimal action set index, one per transition
-    rewards: np.ndarray  # float32, unclipped
+    rewards: np.ndarray  # float32, `clipped_rewards`: in [-1, 1] in the published data
     observations: Sequence[bytes]  # PNG per transition
 
     def __len__(self) -> int:
@@ -131,12 +134,12 @@ def decode_episode(record: bytes, where: str) -> RluEpisode:
 
     observations = values("observations", "bytes_list")
     actions = np.asarray(values("actions", "int64_list"), dtype=np.int64)
-    rewards = np.asarray(values("unclipped_rewards", "float_list"), dtype=np.float32)
+    rewards = np.asarray(values("clipped_rewards", "float_list"), dtype=np.float32)
     discounts = values("discounts", "float_list")
     lengths = {len(observations), len(actions), len(rewards), len(discounts)}
     if len(lengths) != 1 or not observations:
         raise ReplayFormatError(
-            f"{where}: observations, actions, unclipped_rewards and discounts have lengths "
+            f"{where}: observations, actions, clipped_rewards and discounts have lengths "
             f"{len(observations)}, {len(actions)}, {len(rewards)}, {len(discounts)}; expected one length > 0"
         )
     terminal = discounts[-1] == 0.0
@@ -173,8 +176,10 @@ def encode_episode(
 ) -> bytes:
     """A record as RL Unplugged writes it, from transitions in Dopamine's alignment.
 
-    A terminal episode gets one more step: the terminal observation (zeros unless given), with action
-    0, reward 0 and discount 0.
+    `rewards` go to `unclipped_rewards` as given and clipped to [-1, 1] to `clipped_rewards`; for
+    Dopamine's rewards, clipped already, the two are equal, as in the published data. A terminal episode
+    gets one more step: the terminal observation (zeros unless given), with action 0, reward 0 and
+    discount 0.
     """
     frames, actions, rewards = list(frames), list(map(int, actions)), list(map(float, rewards))
     discounts = [1.0] * len(actions)

@@ -85,6 +85,7 @@ class RluRun:
     shards: list[Path]
     episodes: list[Episode]
     records: dict[int, int]  # episode start row -> record number within its shard
+    action_ranges: dict[int, tuple[int, int]]  # episode start row -> (lowest, highest) action index
     gaps: list[tuple[int, int]] = field(default_factory=list)  # none: records are whole episodes
     layout: str = "rl-unplugged"
 
@@ -94,6 +95,18 @@ class RluRun:
 
     def whole_episodes(self) -> list[Episode]:
         return [e for e in self.episodes if not e.truncated]
+
+    def action_outside(self, num_actions: int) -> tuple[str, int] | None:
+        """(where, action) of the first record with an action outside [0, num_actions), or None.
+
+        From the index alone: no record is read again.
+        """
+        for episode in self.episodes:
+            low, high = self.action_ranges[episode.start_row]
+            if low < 0 or high >= num_actions:
+                where = f"{self.shards[episode.position]}: record {self.records[episode.start_row]}"
+                return where, low if low < 0 else high
+        return None
 
     def bytes_to_read(self, episodes: Sequence[Episode]) -> int:
         """Frame bytes extraction will decode (for a progress bar)."""
@@ -147,6 +160,7 @@ def index_rlu_run(replay_dir: Path | str) -> RluRun:
     shards = check_shard_set(replay_dir)
     episodes: list[Episode] = []
     records: dict[int, int] = {}
+    action_ranges: dict[int, tuple[int, int]] = {}
     row, empty, mismatched = 0, 0, 0
     for position, path in enumerate(shards):
         for number, record in enumerate(read_records(path)):
@@ -156,6 +170,7 @@ def index_rlu_run(replay_dir: Path | str) -> RluRun:
                 empty += 1
                 continue
             records[row] = number
+            action_ranges[row] = (int(decoded.actions.min()), int(decoded.actions.max()))
             episodes.append(Episode(row, len(decoded), not decoded.terminal, position))
             row += len(decoded)
     if mismatched:
@@ -169,7 +184,7 @@ def index_rlu_run(replay_dir: Path | str) -> RluRun:
         empty,
         row,
     )
-    return RluRun(replay_dir, shards, episodes, records)
+    return RluRun(replay_dir, shards, episodes, records, action_ranges)
 
 
 def write_rlu_run(

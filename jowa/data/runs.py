@@ -32,6 +32,10 @@ class Run(Protocol):
 
     def whole_episodes(self) -> list[Episode]: ...
 
+    def action_outside(self, num_actions: int) -> tuple[str, int] | None:
+        """(where, action) of the first action outside [0, num_actions), found without reading frames."""
+        ...
+
     def bytes_to_read(self, episodes: Sequence[Episode]) -> int: ...
 
     def extract(
@@ -69,6 +73,9 @@ class DopamineRun:
 
     def whole_episodes(self) -> list[Episode]:
         return self.index.whole_episodes()
+
+    def action_outside(self, num_actions: int) -> tuple[str, int] | None:
+        return self.index.action_outside(num_actions)
 
     def bytes_to_read(self, episodes: Sequence[Episode]) -> int:
         """Inflated observation bytes, at most (a file is read only up to its last wanted row)."""

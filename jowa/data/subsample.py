@@ -30,9 +30,13 @@ from jowa.data.replay import Episode
 from jowa.data.runs import Run, open_run
 from jowa.data.store import StoreWriter, write_store
 from jowa.data.verify import verify_runs
-from jowa.errors import MissingInputError
+from jowa.errors import JowaError, MissingInputError
 
 log = logging.getLogger(__name__)
+
+
+class SubsampleError(JowaError, ValueError):
+    """The runs cannot give the store asked for: no whole episode in the window, or another game's actions."""
 
 
 def pick_runs(
@@ -92,6 +96,7 @@ def build_store(
     transitions_per_game: int,
     seed: int,
     window: tuple[float, float] = (0.0, 1.0),
+    window_name: str = "checkpoint window",
     extra_meta: dict[str, Any] | None = None,
     progress: bool = True,
     overwrite: bool = False,
@@ -99,15 +104,18 @@ def build_store(
     """Sample whole episodes of `game` from the given runs and write a training store at `out`, atomically.
 
     `transitions_per_game` is a minimum: episodes are drawn whole until it is reached. An existing
-    store is refused unless `overwrite`.
+    store is refused unless `overwrite`. Every run's actions are checked against the game's action set
+    before any frame is read; `window_name` names the window (its params key) in errors.
     """
     games.check_game(game)
     runs = {run: open_run(path) for run, path in sorted(replay_dirs.items())}
+    check_actions(game, runs)
     candidates = eligible_episodes(runs, window)
     if not candidates:
-        raise ValueError(
-            f"{game}: no whole episode in runs {sorted(replay_dirs)} within checkpoint window "
-            f"{list(window)}; generate longer runs or widen the window"
+        raise SubsampleError(
+            f"{game}: no whole episode starts within {window_name} {list(window)} of run "
+            f"{'; run '.join(_window_summary(i, run) for i, run in runs.items())}; "
+            "expected at least one: widen the window or use longer runs"
         )
     rng = np.random.default_rng([seed, games.task_id(game)])
     chosen = select_episodes(candidates, transitions_per_game, rng)
@@ -145,6 +153,26 @@ def build_store(
     return meta
 
 
+def check_actions(game: str, runs: dict[int, Run]) -> None:
+    """Every stored action must index `game`'s minimal action set; checked from the runs' indexes."""
+    num_actions = len(games.minimal_to_full(game))
+    for run in runs.values():
+        found = run.action_outside(num_actions)
+        if found is not None:
+            where, action = found
+            raise SubsampleError(
+                f"{where}: action {action} is outside {game}'s minimal action set of {num_actions} actions "
+                f"(0 to {num_actions - 1}): is this run really {game}?"
+            )
+
+
+def _window_summary(run_id: int, run: Run) -> str:
+    """Where a run's whole episodes start, for the error that none starts in the window."""
+    starts = sorted({e.position for e in run.whole_episodes()})
+    where = f"checkpoints {starts[0]} to {starts[-1]}" if starts else "no checkpoint"
+    return f"{run_id} ({run.replay_dir}: {run.num_checkpoints} checkpoints, whole episodes start in {where})"
+
+
 def _copy_episodes(
     game: str, by_run: dict[int, list[Episode]], runs: dict[int, Run], store: StoreWriter, progress: bool
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -166,12 +194,6 @@ def _copy_episodes(
                 continue
             rows = run.extract(by_run[run_id], store.write_frames, dest_start=dest, on_bytes=bar.update)
             dest += len(rows.actions)
-            bad = (rows.actions < 0) | (rows.actions >= len(to_full))
-            if bad.any():
-                raise ValueError(
-                    f"{run.replay_dir}: action {int(rows.actions[bad][0])} is outside {game}'s minimal "
-                    f"action set of {len(to_full)} actions: is this run really {game}?"
-                )
             parts.append((to_full[rows.actions], np.clip(rows.rewards, -1.0, 1.0), rows.terminals))
         bar.total = bar.n  # a DQN-Replay file is read only up to its last wanted row
     return tuple(np.concatenate([p[i] for p in parts]) for i in range(3))
@@ -212,6 +234,7 @@ def build_store_from_args(
     transitions_per_game: int,
     seed: int,
     window: tuple[float, float] = (0.0, 1.0),
+    window_name: str = "checkpoint window",
     extra_meta: dict[str, Any],
 ) -> None:
     """`build_store` from the arguments of `add_store_arguments`, checked; logs what was stored.
@@ -236,6 +259,7 @@ def build_store_from_args(
         transitions_per_game=transitions_per_game,
         seed=seed,
         window=window,
+        window_name=window_name,
         extra_meta=extra_meta,
         progress=not args.quiet,
         overwrite=args.overwrite,
