@@ -91,7 +91,8 @@ class SegmentPool:
     def rows(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(store rows (B, length), real-step mask (B, length)) of the segments `index`; padded steps
         point at the segment's first row, so gathering from any per-step array stays in range. `index`
-        lies on the pool's device."""
+        crosses to the pool's device once (see `to_device`)."""
+        index = to_device(index, self.device)
         steps = torch.arange(self.length, device=self.device)
         mask = steps < self.valid[index].unsqueeze(1)
         return self.starts[index].unsqueeze(1) + steps * mask, mask

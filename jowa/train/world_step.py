@@ -120,7 +120,9 @@ class WorldTrainer:
                 losses, device_ids=ids, broadcast_buffers=False, gradient_as_bucket_view=True
             )
         self.losses = losses  # eager, and what `torch._dynamo.explain` inspects
-        self._compiled = torch.compile(losses) if self.rt.compile else losses
+        # Static shapes: a run's micro-batches all have one shape (fine-tuning adds one with imagined
+        # segments), so a second shape compiles its own static graph instead of a symbolic-batch one.
+        self._compiled = torch.compile(losses, dynamic=False) if self.rt.compile else losses
 
     def step(self, step: int, batch: Batch, imagined: Batch | None = None) -> dict[str, torch.Tensor]:
         """One optimizer step on this rank's `batch` (+ `imagined` segments for the critic only)."""
