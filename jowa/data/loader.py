@@ -81,7 +81,8 @@ class SegmentPool:
                 chunk = np.asarray(part[start : start + FILL_ROWS])
                 if check and chunk.size and int(chunk.max()) > limit:
                     raise StoreError(f"{check[i]}: token ids above {limit} cannot be stored")
-                out[at : at + len(chunk)] = torch.from_numpy(chunk.astype(numpy_dtype, copy=False))
+                chunk = chunk.astype(numpy_dtype, copy=not chunk.flags.writeable)  # torch wants writable
+                out[at : at + len(chunk)] = torch.from_numpy(chunk)
                 at += len(chunk)
         return out
 

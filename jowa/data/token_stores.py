@@ -16,8 +16,11 @@ from jowa.data.store import FORMAT_VERSION, TrainingStore
 from jowa.games import PRETRAIN_GAMES, task_id
 
 
-def write_token_store(directory: Path, steps: int, game_index: int, seed: int = 0) -> tuple[Path, Path]:
-    """(store directory, token .npy) of `steps` random steps of pretraining game `game_index`."""
+def write_token_store(
+    directory: Path, steps: int, game_index: int, *, vocab: int = 1024, seed: int = 0
+) -> tuple[Path, Path]:
+    """(store directory, token .npy) of `steps` random steps of pretraining game `game_index`, token
+    ids below `vocab`."""
     rng = np.random.default_rng(seed + game_index)
     directory.mkdir(parents=True, exist_ok=True)
     ends = np.cumsum(rng.integers(500, 5000, size=steps // 500 + 1))
@@ -36,7 +39,7 @@ def write_token_store(directory: Path, steps: int, game_index: int, seed: int = 
     out = np.lib.format.open_memmap(tokens, mode="w+", dtype=np.uint16, shape=(steps, 36))
     for start in range(0, steps, 1 << 20):
         rows = min(1 << 20, steps - start)
-        out[start : start + rows] = rng.integers(0, 1024, (rows, 36), dtype=np.uint16)
+        out[start : start + rows] = rng.integers(0, vocab, (rows, 36), dtype=np.uint16)
     out.flush()
     del out
     TrainingStore.open(directory)  # the layout is a real store's
