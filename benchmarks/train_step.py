@@ -162,6 +162,7 @@ def bench_step(args: argparse.Namespace, params: Any, rt: Runtime, size: str, ba
         "mfu": six_nt / seconds / peak if rt.on_gpu else None,
         "mfu_real": real / seconds / peak if rt.on_gpu else None,
         "peak_tflops": args.peak_tflops, "peak_mem_gb": peak_memory_gb(rt.device),
+        "peak_mem_gib": peak_memory_gb(rt.device) * 1e9 / 2**30,  # the reference script's unit
         "precision": rt.precision if rt.on_gpu else "fp32", "compile": rt.compile,
         "warmup": args.warmup, "repeats": args.repeats,
     }  # fmt: skip
