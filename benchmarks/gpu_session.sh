@@ -83,7 +83,8 @@ part "data+tokenize" 15 "$PY" benchmarks/train_step.py --params "$PARAMS" --part
 part pool 10 "$PY" benchmarks/pool_memory.py $POOL_ARGS --device "$( [ "$QUICK" = 1 ] && echo cpu || echo cuda)" \
     --out "$RECORDS"
 # 6. The GPU test subset (skipped without CUDA).
-part "pytest -m gpu" 25 "$PY" -m pytest -q -m gpu -p no:cacheprovider tests
+#    (its file alone: other test modules import the workflow tools, which the image lacks)
+part "pytest -m gpu" 25 "$PY" -m pytest -q -m gpu -p no:cacheprovider tests/test_gpu.py
 # 7. Batched evaluation (owned by the eval helper; arguments adjusted at merge).
 part eval 40 "$PY" benchmarks/eval_planning.py $EVAL_ARGS --tag gpu_session
 cp benchmarks/results/eval_planning_gpu_session.json "$OUT/" 2>/dev/null

@@ -45,6 +45,7 @@ def rss_anon() -> int:
 def measure(directory: Path, stores: int, device: str) -> dict:
     """Open the pool in this process and report its memory (run in a fresh process)."""
     import torch
+    from train_step import commit  # this directory is on the path of a script run from it
 
     from jowa.train.runtime import Runtime
     from jowa.train.segments import open_token_pool
@@ -83,6 +84,8 @@ def measure(directory: Path, stores: int, device: str) -> dict:
         "build_peak_extra_bytes": extra, "numpy_peak_bytes": numpy_peak, "host_peak_bytes": on_host + extra,
         "paper_steps": PAPER_STEPS, "paper_pool_gb": per_step * PAPER_STEPS / 1e9,
         "paper_host_peak_gb": ((per_step * PAPER_STEPS if on_host else 0) + extra) / 1e9,
+        "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+        "torch": torch.__version__, "commit": commit(),
     }  # fmt: skip
 
 

@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 import torch
+from train_step import commit  # this directory is on the path of a script run from it
 
 from jowa.config import load_params
 from jowa.data.token_stores import write_token_store
@@ -84,7 +85,7 @@ def main() -> None:
         "samples_per_s": statistics.median(steady), "interval_samples_per_s": rates,
         "wall_s": seconds, "gpu_mem_gb": metrics[-1].get("gpu_mem_gb"), "compile": settings["compile"],
         "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
-        "torch": torch.__version__,
+        "torch": torch.__version__, "commit": commit(),
     }  # fmt: skip
     line = json.dumps(record)
     print(line, flush=True)
