@@ -20,6 +20,8 @@ $(VENV)/.installed: pyproject.toml $(LOGGER)/pyproject.toml $(wildcard $(LOGGER)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet "$(TORCH)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 	$(BIN)/python -m pip install --quiet -e ".[workflow,dev]" ./$(LOGGER)
+	# LPIPS heads for tokenizer.perceptual_weights: lpips; --no-deps: its torchvision would replace torch
+	$(BIN)/python -m pip install --quiet --no-deps "lpips==0.1.4"
 	touch $@
 
 run: $(VENV)/.installed

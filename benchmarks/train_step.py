@@ -1,16 +1,21 @@
 """Training throughput: our stage-2 step per size and batch, the data path that feeds it, and tokenize.
 
-Three parts, each a list of JSON records in one file (`benchmarks/results/train_step[_TAG].json`):
+Three parts, one JSON line per measurement appended to one file (`benchmarks/results/train_step[_TAG].jsonl`)
+as soon as it is measured (flushed), so a run stopped by a time limit keeps what it measured:
 
 * `step`: `jowa.train.world_step.WorldTrainer.step` in stage 2 exactly as `jowa pretrain` runs it
   (random tokens in; world losses x supervised weight + C51 TD + CQL; backward; global-norm clip; AdamW,
-  fused on a GPU; bf16 autocast and torch.compile as params.yaml says). Per size and batch: median step
-  time, samples/s, tokens/s, peak GPU memory and MFU. The FLOP count is stated, not measured:
-  `model_flops` = 6 x N x tokens, N the trainable parameters outside embedding tables (the convention
-  of the reference timing script in shared/bench, so the two MFUs compare); `attention_flops` adds the
-  causal score and value products, 6 x layers x T x width per token (half of PaLM's 12 L T d), where
-  T = 296 tokens. MFU = model_flops / step time / peak (`--peak-tflops`; default 989, the dense bf16
-  figure of both H100 and H200).
+  fused on a GPU; bf16 autocast and torch.compile as params.yaml says). Each configuration starts from a
+  fresh Dynamo (`torch._dynamo.reset()`) and the trainer compiles with static shapes, so no point times
+  a symbolic-batch graph that `jowa pretrain` never runs. Timing as the reference's script: the mean
+  step of `--repeats` steps run back to back with one synchronisation at the end, after `--warmup`
+  steps. Per size and batch: step time, samples/s, tokens/s, peak GPU memory and MFU under two FLOP
+  counts, stated, not measured: `mfu` = 6 x N x tokens, N the trainable parameters outside embedding
+  tables (the convention of the reference timing script in shared/bench, so the two MFUs compare), and
+  `mfu_real` = each head at the positions it runs on (observation head at 288 of 296 tokens, reward and
+  end heads at the 8 actions, the Q head at its 8 positions, the target head forward only) plus the
+  causal attention products, 6 x layers x T^2 x width per sample. Both against `--peak-tflops`
+  (default 989, the dense bf16 figure of both H100 and H200).
 * `data`: segments/s of `DevicePool.draw` at the step's batch from a pool of `--pool-steps` synthetic
   steps, GPU-resident and in host memory (gathered, pinned, copied), as `jowa.train.segments` chooses.
 * `tokenize`: frames/s of the tokenizer's encoder at `jowa tokenize`'s batch (1024), and the hours the
@@ -20,6 +25,9 @@ Three parts, each a list of JSON records in one file (`benchmarks/results/train_
     python benchmarks/train_step.py --params config/smoke.yaml --sizes tiny-s tiny-m --batches 16 64 \
         --pool-steps 200000 --tag cpu                                 # the CPU run (seconds)
 
+Each record carries `impl: ours`, the GPU's name, the torch version and the commit measured
+(`JOWA_COMMIT`, else `git rev-parse HEAD`).
+
 Not run in CI. Runs on a CPU with any sizes, but CPU figures say nothing about the GPU targets.
 """
 
@@ -28,13 +36,15 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import os
 import platform
 import statistics
+import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 import torch
@@ -76,9 +86,42 @@ def timed(fn: Callable[[int], Any], device: torch.device, warmup: int, repeats: 
     return seconds
 
 
+def mean_seconds(fn: Callable[[int], Any], device: torch.device, warmup: int, repeats: int) -> float:
+    """Mean seconds of `repeats` calls run back to back with one synchronisation at the end, after
+    `warmup` untimed ones: the reference timing script's throughput convention."""
+    for step in range(1, warmup + 1):
+        fn(step)
+    sync(device)
+    start = time.perf_counter()
+    for step in range(warmup + 1, warmup + repeats + 1):
+        fn(step)
+    sync(device)
+    return (time.perf_counter() - start) / repeats
+
+
 def non_embedding_parameters(model: JOWA) -> int:
     embedded = {id(p) for m in model.modules() if isinstance(m, nn.Embedding) for p in m.parameters()}
     return sum(p.numel() for p in model.parameters() if p.requires_grad and id(p) not in embedded)
+
+
+def real_flops_per_sample(model: JOWA) -> int:
+    """Training FLOPs of one segment with every part at the positions it runs on (see the docstring)."""
+    config = model.config
+
+    def params(module: nn.Module) -> int:
+        return sum(p.numel() for p in module.parameters())
+
+    tokens = config.max_tokens
+    obs, actions, q = (len(getattr(model, f"layout_{name}")) for name in ("obs_head", "action", "q"))
+    linear = 6 * (
+        tokens * params(model.transformer)
+        + obs * params(model.observation_head)
+        + actions * (params(model.reward_head) + params(model.end_head))
+        + q * params(model.q_head)
+    )
+    target = 2 * q * params(model.q_target_head)
+    attention = 6 * config.layers * tokens * tokens * config.width
+    return linear + target + attention
 
 
 def random_batch(batch: int, config: Any, device: torch.device, generator: torch.Generator) -> Batch:
@@ -95,6 +138,7 @@ def random_batch(batch: int, config: Any, device: torch.device, generator: torch
 
 
 def bench_step(args: argparse.Namespace, params: Any, rt: Runtime, size: str, batch: int) -> dict[str, Any]:
+    torch._dynamo.reset()  # a fresh Dynamo per configuration: this point compiles its own static graph
     pretrain = params.pretrain
     config = model_config(params.models[size], pretrain, params.tokenizer.arch.vocab_size, 36)
     torch.manual_seed(0)
@@ -104,23 +148,23 @@ def bench_step(args: argparse.Namespace, params: Any, rt: Runtime, size: str, ba
     data = random_batch(batch, config, rt.device, torch.Generator().manual_seed(0))
     if rt.on_gpu:
         torch.cuda.reset_peak_memory_stats(rt.device)
-    seconds = timed(functools.partial(trainer.step, batch=data), rt.device, args.warmup, args.repeats)
-    median = statistics.median(seconds)
+    seconds = mean_seconds(functools.partial(trainer.step, batch=data), rt.device, args.warmup, args.repeats)
     tokens = batch * config.max_tokens
     n = non_embedding_parameters(model)
-    model_flops = 6 * n * tokens
-    attention_flops = 6 * config.layers * config.max_tokens * config.width * tokens
+    six_nt = 6 * n * tokens
+    real = real_flops_per_sample(model) * batch
     peak = args.peak_tflops * 1e12
     record = {
-        "part": "step", "size": size, "batch": batch, "tokens_per_sample": config.max_tokens,
-        "non_embedding_params": n, "step_ms": median * 1e3,
-        "step_ms_range": [min(seconds) * 1e3, max(seconds) * 1e3],
-        "samples_per_s": batch / median, "tokens_per_s": tokens / median,
-        "model_tflops": model_flops / median / 1e12,
-        "mfu": model_flops / median / peak if rt.on_gpu else None,
-        "mfu_with_attention": (model_flops + attention_flops) / median / peak if rt.on_gpu else None,
-        "peak_mem_gb": peak_memory_gb(rt.device),
+        "part": "step", "impl": "ours", "size": size, "batch": batch, "tokens_per_sample": config.max_tokens,
+        "non_embedding_params": n, "step_ms": seconds * 1e3,
+        "samples_per_s": batch / seconds, "tokens_per_s": tokens / seconds,
+        "model_tflops": six_nt / seconds / 1e12, "real_tflops": real / seconds / 1e12,
+        "mfu": six_nt / seconds / peak if rt.on_gpu else None,
+        "mfu_real": real / seconds / peak if rt.on_gpu else None,
+        "peak_tflops": args.peak_tflops, "peak_mem_gb": peak_memory_gb(rt.device),
+        "peak_mem_gib": peak_memory_gb(rt.device) * 1e9 / 2**30,  # the reference script's unit
         "precision": rt.precision if rt.on_gpu else "fp32", "compile": rt.compile,
+        "warmup": args.warmup, "repeats": args.repeats,
     }  # fmt: skip
     del trainer, model, data
     if rt.on_gpu:
@@ -197,14 +241,33 @@ def bench_tokenize(args: argparse.Namespace, params: Any, rt: Runtime) -> dict[s
     }  # fmt: skip
 
 
+def commit() -> str:
+    """The commit measured: `JOWA_COMMIT` (set by the GPU session, whose copy has no .git), else git's."""
+    if os.environ.get("JOWA_COMMIT"):
+        return os.environ["JOWA_COMMIT"]
+    try:
+        return subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
 def machine(rt: Runtime) -> dict[str, Any]:
-    info: dict[str, Any] = {
-        "device": str(rt.device), "torch": torch.__version__, "python": platform.python_version(),
+    """What every record carries about where and what was measured."""
+    return {
+        "device": str(rt.device), "gpu": torch.cuda.get_device_name(rt.device) if rt.on_gpu else None,
+        "torch": torch.__version__, "python": platform.python_version(), "commit": commit(),
         "cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
     }  # fmt: skip
-    if rt.on_gpu:
-        info["gpu"] = torch.cuda.get_device_name(rt.device)
-    return info
+
+
+def emit(out: IO[str], record: dict[str, Any]) -> None:
+    """One JSON line, written and flushed at once: a run killed later keeps it."""
+    line = json.dumps(record)
+    out.write(line + "\n")
+    out.flush()
+    print(line, flush=True)
 
 
 def main() -> None:
@@ -218,7 +281,7 @@ def main() -> None:
     parser.add_argument("--batches", type=int, nargs="+", default=[64, 256])
     parts = ["step", "data", "tokenize"]
     parser.add_argument("--parts", nargs="+", choices=parts, default=parts)
-    parser.add_argument("--warmup", type=int, default=10, help="untimed steps (compilation happens here)")
+    parser.add_argument("--warmup", type=int, default=5, help="untimed steps (compilation happens here)")
     parser.add_argument("--repeats", type=int, default=20, help="timed steps")
     parser.add_argument(
         "--pool-steps", type=int, default=20_000_000, help="steps of the synthetic token pool"
@@ -228,7 +291,9 @@ def main() -> None:
     parser.add_argument("--no-compile", action="store_true", help="ignore params' compile: eager step")
     parser.add_argument("--device", help="default: the GPU if any, else the CPU")
     parser.add_argument("--tag", help="suffix of the result file")
-    parser.add_argument("--out", type=Path, help="default: benchmarks/results/train_step[_TAG].json")
+    parser.add_argument(
+        "--out", type=Path, help="JSON lines, appended (default: benchmarks/results/train_step[_TAG].jsonl)"
+    )
     args = parser.parse_args()
     params = load_params(args.params)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -237,24 +302,22 @@ def main() -> None:
         torch.backends.cuda.matmul.allow_tf32 = True
     compile = params.pretrain.compile and not args.no_compile and device.type == "cuda"
     rt = Runtime(device, 0, 1, params.pretrain.precision, compile)
-    records: list[dict[str, Any]] = []
-    if "step" in args.parts:
-        for size in args.sizes or list(params.models):
-            for batch in args.batches:
-                records.append(bench_step(args, params, rt, size, batch))
-                print(json.dumps(records[-1]), flush=True)
-    if "data" in args.parts:
-        for record in bench_data(args, params, rt, max(args.batches)):
-            records.append(record)
-            print(json.dumps(record), flush=True)
-    if "tokenize" in args.parts:
-        records.append(bench_tokenize(args, params, rt))
-        print(json.dumps(records[-1]), flush=True)
-    out = args.out or ROOT / "benchmarks" / "results" / f"train_step{'_' + args.tag if args.tag else ''}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    result = {"machine": machine(rt), "params": str(args.params), "records": records}
-    out.write_text(json.dumps(result, indent=1))
-    print(f"wrote {out}")
+    about = machine(rt) | {"params": str(args.params)}
+    path = (
+        args.out or ROOT / "benchmarks" / "results" / f"train_step{'_' + args.tag if args.tag else ''}.jsonl"
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as out:
+        if "step" in args.parts:
+            for size in args.sizes or list(params.models):
+                for batch in args.batches:
+                    emit(out, bench_step(args, params, rt, size, batch) | about)
+        if "data" in args.parts:
+            for record in bench_data(args, params, rt, max(args.batches)):
+                emit(out, record | about)
+        if "tokenize" in args.parts:
+            emit(out, bench_tokenize(args, params, rt) | about)
+    print(f"appended to {path}")
 
 
 if __name__ == "__main__":

@@ -180,3 +180,76 @@ def test_a_trainable_q_head_unused_by_the_losses_breaks_plain_ddp(tmp_path: Path
     proc = run_torchrun(tmp_path, "train")
     assert proc.returncode != 0
     assert "find_unused_parameters" in proc.stderr
+
+
+EXPLAIN_SCRIPT = textwrap.dedent(
+    '''
+    """One rank: how many graphs Dynamo makes of the stage-2 step's forward and losses under DDP."""
+
+    import json
+    import sys
+    from pathlib import Path
+
+    import torch
+    import torch.distributed as dist
+
+    from jowa.models.batch import Batch
+    from jowa.models.world_action import JOWA, JOWAConfig
+    from jowa.config import load_params
+    from jowa.train.runtime import Runtime
+    from jowa.train.world_step import Stage, WorldTrainer
+
+    ARCH = {"layers": 1, "heads": 2, "width": 32, "q_hidden": 16, "q_ensemble": 1}
+
+    dist.init_process_group("gloo")
+    torch.set_num_threads(1)
+    rank = dist.get_rank()
+    config = JOWAConfig.from_arch(ARCH, max_blocks=2)
+    rt = Runtime(torch.device("cpu"), rank, dist.get_world_size(), "fp32", compile=True)
+    trainer = WorldTrainer(JOWA(config), rt, load_params(sys.argv[2]).pretrain, micro_batch=2)
+    trainer.enter(Stage("critic", True, 1e-4, 0.1))
+    generator = torch.Generator().manual_seed(rank)
+    t, k = config.max_blocks, config.tokens_per_block - 1
+    batch = Batch(
+        obs_tokens=torch.randint(config.obs_vocab, (2, t, k), generator=generator),
+        actions=torch.randint(config.num_actions, (2, t), generator=generator),
+        rewards=torch.zeros(2, t), ends=torch.zeros(2, t, dtype=torch.long),
+        mask=torch.ones(2, t, dtype=torch.bool), tasks=torch.tensor([0, 1]),
+    )
+    explained = torch._dynamo.explain(trainer.losses)(batch, None)
+    ddp = trainer.losses
+    report = {
+        "graphs": explained.graph_count, "breaks": explained.graph_break_count,
+        "reasons": [str(reason.reason) for reason in explained.break_reasons],
+        "broadcast_buffers": ddp.broadcast_buffers, "bucket_view": ddp.gradient_as_bucket_view,
+    }
+    (Path(sys.argv[1]) / f"rank{rank}.json").write_text(json.dumps(report))
+    dist.destroy_process_group()
+    '''
+)
+
+
+@pytest.mark.slow
+def test_the_ddp_step_is_one_graph_through_ddp_into_the_losses(tmp_path: Path) -> None:
+    """Compiling a function that calls the DDP module broke the graph at DDP's forward (5 graphs, 4
+    breaks on gloo); the DDP-wrapped losses module is traced as one graph, without buffer broadcasts."""
+    search = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+    torchrun = shutil.which("torchrun", path=search)
+    assert torchrun is not None, "torchrun comes with torch"
+    script = tmp_path / "explain_ddp.py"
+    script.write_text(EXPLAIN_SCRIPT)
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+        "OMP_NUM_THREADS": "1",
+    }
+    command = [torchrun, "--standalone", "--nproc-per-node", str(WORLD_SIZE), str(script)]
+    proc = subprocess.run(
+        [*command, str(tmp_path), str(ROOT / "config" / "smoke.yaml")],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-5000:]
+    for rank in range(WORLD_SIZE):
+        report = json.loads((tmp_path / f"rank{rank}.json").read_text())
+        assert (report["graphs"], report["breaks"]) == (1, 0), report["reasons"]
+        assert report["broadcast_buffers"] is False and report["bucket_view"] is True

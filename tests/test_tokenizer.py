@@ -265,7 +265,9 @@ def test_initialisation_follows_the_reference() -> None:
 
 def test_perceptual_loss_without_weights_fails_clearly() -> None:
     model = Tokenizer(TINY)
-    with pytest.raises(PerceptualWeightsUnavailable, match="cannot be downloaded.*load_lpips"):
+    with pytest.raises(
+        PerceptualWeightsUnavailable, match="needs pretrained weights.*perceptual_source\\('lpips'\\)"
+    ):
         model.compute_loss(torch.rand(1, 1, 84, 84), perceptual=True)
 
 

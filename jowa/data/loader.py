@@ -10,12 +10,17 @@ int16) and no batch crosses the bus; otherwise it stays in host memory and each 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from jowa.data.store import StoreError, TrainingStore
 from jowa.models.batch import Batch
+
+FILL_ROWS = 1 << 20
+"""Rows copied at once while a pool is built: 72 MB of tokens at 36 per row, the building's only extra
+host memory beside the pool itself (and none beside a GPU-resident pool)."""
 
 
 class SegmentPool:
@@ -37,40 +42,67 @@ class SegmentPool:
                 raise StoreError(
                     f"{store.path}: tokens of shape {store_tokens.shape} do not match its {len(store)} steps"
                 )
-            if store_tokens.size and int(store_tokens.max()) > np.iinfo(np.int16).max:
-                raise StoreError(f"{store.path}: token ids above {np.iinfo(np.int16).max} cannot be stored")
-        offsets = np.cumsum([0] + [len(store) for store in stores])
-        segments = [store.segments(length, stride) for store in stores]
         self.length = length
         self.device = torch.device(device)
-        self.tokens = self._tensor(np.concatenate(tokens).astype(np.int16))
-        self.actions = self._tensor(np.concatenate([store.actions for store in stores]))
-        self.rewards = self._tensor(np.concatenate([store.rewards for store in stores]))
-        self.terminals = self._tensor(np.concatenate([store.terminals for store in stores]).astype(bool))
-        self.starts = self._tensor(
-            np.concatenate([s[:, 0] + offset for s, offset in zip(segments, offsets[:-1], strict=True)])
-        )
-        self.valid = self._tensor(np.concatenate([s[:, 1] for s in segments]))
-        tasks = [np.full(len(s), store.meta["task_id"]) for s, store in zip(segments, stores, strict=True)]
-        self.tasks = self._tensor(np.concatenate(tasks).astype(np.int64))
+        self.tokens = self._filled(tokens, torch.int16, check=[store.path for store in stores])
+        self.actions = self._filled([store.actions for store in stores], torch.uint8)
+        self.rewards = self._filled([store.rewards for store in stores], torch.float32)
+        self.terminals = self._filled([store.terminals for store in stores], torch.bool)
+        # The segment index, one store at a time, so that no store's index outlives its copy.
+        counts = [_segment_count(store.episode_starts, stride) for store in stores]
+        total = sum(counts)
+        self.starts = torch.empty(total, dtype=torch.int64, device=self.device)
+        self.valid = torch.empty(total, dtype=torch.int64, device=self.device)
+        self.tasks = torch.empty(total, dtype=torch.int64, device=self.device)
+        at, first_row = 0, 0
+        for store, count in zip(stores, counts, strict=True):
+            segments = store.segments(length, stride)
+            assert len(segments) == count, (store.path, len(segments), count)
+            here = slice(at, at + count)
+            self.starts[here] = torch.from_numpy(segments[:, 0] + first_row)
+            self.valid[here] = torch.from_numpy(np.ascontiguousarray(segments[:, 1]))
+            self.tasks[here] = int(store.meta["task_id"])
+            at, first_row = at + count, first_row + len(store)
 
-    def _tensor(self, array: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(np.ascontiguousarray(array)).to(self.device)
+    def _filled(
+        self, parts: Sequence[np.ndarray], dtype: torch.dtype, check: Sequence[Path] = ()
+    ) -> torch.Tensor:
+        """`parts` concatenated into one tensor of `dtype` on the pool's device, allocated once and
+        filled in chunks of at most `FILL_ROWS` rows, so that building the pool holds no second full
+        copy in host memory (memory-mapped parts are read chunk by chunk). With `check` (each part's
+        file), each chunk of token ids is checked to fit int16."""
+        rows = sum(len(part) for part in parts)
+        out = torch.empty((rows, *parts[0].shape[1:]), dtype=dtype, device=self.device)
+        numpy_dtype = torch.empty(0, dtype=dtype).numpy().dtype
+        limit = np.iinfo(np.int16).max
+        at = 0
+        for i, part in enumerate(parts):
+            for start in range(0, len(part), FILL_ROWS):
+                chunk = np.asarray(part[start : start + FILL_ROWS])
+                if check and chunk.size and int(chunk.max()) > limit:
+                    raise StoreError(f"{check[i]}: token ids above {limit} cannot be stored")
+                chunk = chunk.astype(numpy_dtype, copy=not chunk.flags.writeable)  # torch wants writable
+                out[at : at + len(chunk)] = torch.from_numpy(chunk)
+                at += len(chunk)
+        return out
 
     def __len__(self) -> int:
         return len(self.starts)
 
     def rows(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(store rows (B, length), real-step mask (B, length)) of the segments `index`; padded steps
-        point at the segment's first row, so gathering from any per-step array stays in range."""
-        index = index.to(self.device)
+        point at the segment's first row, so gathering from any per-step array stays in range. `index`
+        crosses to the pool's device once (see `to_device`)."""
+        index = to_device(index, self.device)
         steps = torch.arange(self.length, device=self.device)
         mask = steps < self.valid[index].unsqueeze(1)
         return self.starts[index].unsqueeze(1) + steps * mask, mask
 
     def batch(self, index: torch.Tensor, obs_tokens: torch.Tensor | None = None) -> Batch:
         """The segments `index` (B,), right-padded to the pool's length with zeros. `obs_tokens`
-        (B, length, K) replaces the pool's tokens (a tokenizer being tuned encodes frames itself)."""
+        (B, length, K) replaces the pool's tokens (a tokenizer being tuned encodes frames itself). An
+        index drawn on the CPU for a GPU pool crosses once, pinned and without blocking."""
+        index = to_device(index, self.device)
         rows, mask = self.rows(index)
         tokens = self.tokens[rows].long() if obs_tokens is None else obs_tokens.long()
         return Batch(
@@ -79,13 +111,29 @@ class SegmentPool:
             rewards=self.rewards[rows] * mask,
             ends=(self.terminals[rows] & mask).long(),
             mask=mask,
-            tasks=self.tasks[index.to(self.device)],
+            tasks=self.tasks[index],
         )
 
     def sample(self, batch_size: int, generator: torch.Generator) -> Batch:
         """`batch_size` segments drawn uniformly, with replacement, from all stores' segments."""
         index = torch.randint(len(self), (batch_size,), generator=generator, device=generator.device)
         return self.batch(index)
+
+
+def _segment_count(episode_starts: np.ndarray, stride: int) -> int:
+    """How many segments `jowa.data.store.segment_index` cuts: ceil(length / stride) per episode."""
+    lengths = np.diff(np.asarray(episode_starts, dtype=np.int64))
+    return int((-(-lengths // stride)).sum())
+
+
+def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """`tensor` on `device`; a host tensor bound for a GPU goes through pinned memory without blocking, so
+    the host does not wait for the queued GPU work as a pageable copy would."""
+    if tensor.device == device:
+        return tensor
+    if device.type == "cuda" and tensor.device.type == "cpu":
+        tensor = tensor.pin_memory()
+    return tensor.to(device, non_blocking=True)
 
 
 def pool_device(token_bytes: int, device: torch.device) -> torch.device:

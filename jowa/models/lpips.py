@@ -2,8 +2,9 @@
 
 Written from the paper. Parameter names (``net.sliceK.N.*``, ``linK.model.1.weight``,
 ``scaling_layer.{shift,scale}``) follow the layout of reference tokenizer checkpoints, which carry the
-network under ``lpips.``. The module only defines the network: its pretrained weights cannot be
-downloaded here and are read by ``jowa.tokenizer_checkpoints.load_lpips``.
+network under ``lpips.``. The module only defines the network: its pretrained weights are read by
+``jowa.tokenizer_checkpoints.load_lpips``, from the named source ``lpips`` (``jowa.perceptual_weights``)
+or from state files.
 """
 
 from __future__ import annotations

@@ -37,10 +37,11 @@ COMMITMENT_BETA = 1.0
 """Weight of the commitment term ||z - sg(z_q)||^2; the reference uses 1.0 (VQ-VAE paper), not 0.25."""
 
 _NO_WEIGHTS_MESSAGE = (
-    "the LPIPS perceptual loss needs pretrained weights (VGG16 features + LPIPS linear heads), which "
-    "cannot be downloaded in this environment. Load them with jowa.tokenizer_checkpoints.load_lpips(PATH) "
-    "and pass "
-    "the result as Tokenizer(config, perceptual=...) or tokenizer.load_perceptual(...); PATH (or a list of "
+    "the LPIPS perceptual loss needs pretrained weights (VGG16 features + LPIPS linear heads). Load them "
+    "with jowa.tokenizer_checkpoints.load_lpips(jowa.perceptual_weights.perceptual_source('lpips')) (the "
+    "lpips package's heads + torchvision's VGG16, fetched once into torch's hub cache) or "
+    "load_lpips(PATH), and pass the result as Tokenizer(config, perceptual=...) or "
+    "tokenizer.load_perceptual(...); PATH (or a list of "
     "paths, merged) is a torch.save / .safetensors / .npz file with keys 'net.sliceK.N.{weight,bias}' and "
     "'linK.model.1.weight' (optionally prefixed 'lpips.', as in a JOWA tokenizer checkpoint; torchvision "
     "'features.N.*' VGG16 keys are accepted too). A reference checkpoint that contains 'lpips.*' keys "
@@ -50,7 +51,7 @@ _NO_WEIGHTS_MESSAGE = (
 
 
 class PerceptualWeightsUnavailable(JowaError, RuntimeError):
-    """The perceptual loss was requested but no LPIPS net was given (its weights cannot be fetched here)."""
+    """The perceptual loss was requested but no LPIPS net was given."""
 
 
 @dataclass(frozen=True)

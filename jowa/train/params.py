@@ -75,7 +75,8 @@ class TokenizerParams(RunParams):
     grad_clip: Annotated[float, Field(gt=0)]
     """global gradient-norm clip"""
     perceptual_weights: str | None
-    """LPIPS weights (a VGG16 + LPIPS state file) for the perceptual loss; null trains without it"""
+    """LPIPS weights of the perceptual loss: `lpips` (the paper's: the lpips package's heads and torchvision's
+    VGG16, fetched once into torch's hub cache), a VGG16 + LPIPS state file, or null (no perceptual loss)"""
 
 
 class ModelArch(Section):

@@ -20,6 +20,7 @@ import torch
 from jowa.config import params_help, parse_section
 from jowa.data.store import TrainingStore
 from jowa.models.tokenizer import Tokenizer, TokenizerConfig
+from jowa.perceptual_weights import perceptual_source
 from jowa.tokenizer_checkpoints import load_lpips, save_tokenizer
 from jowa.train.frames import FrameSampler
 from jowa.train.params import TokenizerParams
@@ -53,7 +54,8 @@ def main(args: argparse.Namespace) -> None:
     with runtime(precision=params.precision, compile=params.compile, device=args.device) as rt:
         rt.share(params.batch, None, "tokenizer")
         torch.manual_seed(params.seed)
-        perceptual = load_lpips(params.perceptual_weights) if params.perceptual_weights else None
+        weights = params.perceptual_weights
+        perceptual = load_lpips(perceptual_source(weights)) if weights else None
         tokenizer = Tokenizer(tokenizer_config(params), perceptual=perceptual)
         trainer = TokenizerTrainer(
             tokenizer,

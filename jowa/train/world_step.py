@@ -10,6 +10,7 @@ enter the critic losses only, never the world-model losses.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -56,43 +57,23 @@ def _real_rows(output: JOWAOutput, rows: int) -> JOWAOutput:
     )
 
 
-class WorldTrainer:
-    """The model, its optimizer for the current stage and the step; DDP-wrapped under torchrun."""
+class StepLosses(nn.Module):
+    """The forward pass and the stage's losses as one module: the unit DDP wraps and torch.compile
+    compiles, so that Dynamo traces through DDP's forward into the loss heads as one graph (compiling
+    a function that calls a DDP module breaks the graph at its forward, and the cross-entropies over
+    2048 logits and the C51 projection no longer fuse with the forward pass)."""
 
-    def __init__(self, model: JOWA, rt: Runtime, settings: WorldTrainingParams, micro_batch: int) -> None:
-        self.model = model.to(rt.device).train()
-        self.rt = rt
+    def __init__(self, model: JOWA, settings: WorldTrainingParams, stage: Stage, rt: Runtime) -> None:
+        super().__init__()
+        self.model = model
         self.settings = settings
-        self.micro_batch = micro_batch
+        self.stage = stage
         self.atoms = model.config.atoms(rt.device)
         self.mask_table = action_mask_table(rt.device)
-        self.stage: Stage | None = None
-        self.optimizer: torch.optim.Optimizer | None = None
-        self.forward: nn.Module = self.model
-        self._losses = self.losses
 
-    def enter(self, stage: Stage) -> None:
-        """Start `stage`: fresh AdamW moments and learning rates (spec 4.4), Q head trained or frozen."""
-        self.stage = stage
-        self.model.q_head.requires_grad_(stage.critic)
-        s = self.settings
-        self.optimizer = self.model.configure_optimizers(
-            world_lr=stage.world_lr, critic_lr=s.critic_lr, weight_decay=s.weight_decay,
-            betas=s.adam_betas, eps=s.adam_eps, fused=self.rt.on_gpu,
-        )  # fmt: skip
-        module: nn.Module = self.model
-        if self.rt.distributed:  # re-wrapped: DDP fixes its parameter set when built
-            ids = [self.rt.device.index] if self.rt.on_gpu else None
-            module = DistributedDataParallel(module, device_ids=ids)
-        self.forward = module
-        # Compiled with the loss heads, not the model alone, so that the cross-entropies over 2048
-        # logits and the C51 projection fuse with the forward pass.
-        self._losses = torch.compile(self.losses) if self.rt.compile else self.losses
-
-    def losses(self, batch: Batch, imagined: Batch | None) -> dict[str, torch.Tensor]:
-        assert self.stage is not None
+    def forward(self, batch: Batch, imagined: Batch | None) -> dict[str, torch.Tensor]:
         whole = batch if imagined is None else concat(batch, imagined)
-        output = self.forward(whole.tokens(), whole.tasks)
+        output = self.model(whole.tokens(), whole.tasks)
         weight = self.stage.supervised_weight
         losses = world_model_losses(_real_rows(output, len(batch.tasks)), batch, supervised_weight=weight)
         if self.stage.critic:
@@ -107,19 +88,57 @@ class WorldTrainer:
             )
         return losses
 
+
+class WorldTrainer:
+    """The model, its optimizer for the current stage and the step; DDP-wrapped under torchrun."""
+
+    def __init__(self, model: JOWA, rt: Runtime, settings: WorldTrainingParams, micro_batch: int) -> None:
+        self.model = model.to(rt.device).train()
+        self.rt = rt
+        self.settings = settings
+        self.micro_batch = micro_batch
+        self.stage: Stage | None = None
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.losses: nn.Module | None = None  # the stage's StepLosses (DDP-wrapped under torchrun)
+        self._compiled: Callable[..., dict[str, torch.Tensor]] | None = None
+
+    def enter(self, stage: Stage) -> None:
+        """Start `stage`: fresh AdamW moments and learning rates (spec 4.4), Q head trained or frozen."""
+        self.stage = stage
+        self.model.q_head.requires_grad_(stage.critic)
+        s = self.settings
+        self.optimizer = self.model.configure_optimizers(
+            world_lr=stage.world_lr, critic_lr=s.critic_lr, weight_decay=s.weight_decay,
+            betas=s.adam_betas, eps=s.adam_eps, fused=self.rt.on_gpu,
+        )  # fmt: skip
+        losses: nn.Module = StepLosses(self.model, s, stage, self.rt)
+        if self.rt.distributed:  # re-wrapped: DDP fixes its parameter set when built
+            # Replicas start equal (broadcast when wrapped) and no buffer changes in training, so the
+            # layout buffers need no broadcast before every forward; gradients live in DDP's buckets.
+            ids = [self.rt.device.index] if self.rt.on_gpu else None
+            losses = DistributedDataParallel(
+                losses, device_ids=ids, broadcast_buffers=False, gradient_as_bucket_view=True
+            )
+        self.losses = losses  # eager, and what `torch._dynamo.explain` inspects
+        # Static shapes: a run's micro-batches all have one shape (fine-tuning adds one with imagined
+        # segments), so a second shape compiles its own static graph instead of a symbolic-batch one.
+        self._compiled = torch.compile(losses, dynamic=False) if self.rt.compile else losses
+
     def step(self, step: int, batch: Batch, imagined: Batch | None = None) -> dict[str, torch.Tensor]:
         """One optimizer step on this rank's `batch` (+ `imagined` segments for the critic only)."""
-        assert self.optimizer is not None, "call enter(stage) first"
+        assert self.optimizer is not None and self.losses is not None and self._compiled is not None, (
+            "call enter(stage) first"
+        )
         parts = max(1, len(batch.tasks) // self.micro_batch)
         real_parts = split(batch, parts)
         imagined_parts = split(imagined, parts) if imagined is not None else [None] * parts
         totals: dict[str, torch.Tensor] = {}
         for i, (real, extra) in enumerate(zip(real_parts, imagined_parts, strict=True)):
             last = i == parts - 1
-            no_sync = self.forward.no_sync() if self.rt.distributed and not last else contextlib.nullcontext()
+            no_sync = self.losses.no_sync() if self.rt.distributed and not last else contextlib.nullcontext()
             with no_sync:
                 with self.rt.autocast():
-                    losses = self._losses(real, extra)
+                    losses = self._compiled(real, extra)
                     loss = sum(losses.values()) / parts
                 loss.backward()
             for name, value in losses.items():
