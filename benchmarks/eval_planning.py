@@ -259,7 +259,7 @@ def main() -> None:
         args.out or ROOT / "benchmarks" / "results" / f"{stem}{'_' + args.tag if args.tag else ''}.jsonl"
     )
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    with out_path.open("w") as out:
+    with out_path.open("a") as out:  # appended, as every benchmark here: a session collects one file
         (planning if args.mode == "planning" else concurrent)(args, out)
     print(f"wrote {out_path}", flush=True)
 

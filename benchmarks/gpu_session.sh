@@ -13,8 +13,9 @@
 #
 #   GPU_SESSION_QUICK=1 bash benchmarks/gpu_session.sh      # the CPU check: every part at tiny sizes
 #
-# Part limits (seconds) add up to 270: reference 30, step 150M 70, step 40M 50, loop 35,
-# data+tokenize 15, pool 15, gpu tests 20, eval 35.
+# Part limits (seconds) add up to 290: reference 30, step 150M 60, step 40M 45, loop 35,
+# data+tokenize 15, pool 10, gpu tests 25, eval planning 45, eval concurrent 25. Files back: records.jsonl,
+# records.profile.txt (one beam search call, profiled), session.log.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-benchmarks/results/gpu_session}"
@@ -49,13 +50,13 @@ if [ "$QUICK" = 1 ]; then
     REF_SIZES=40M REF_BATCHES=4 LOOP_ARGS="--size tiny-s --batch 8 --steps 10 --log-every 5 --stores 2"
     LOOP_ARGS="$LOOP_ARGS --store-steps 5000" DATA_ARGS="--pool-steps 20000 --tokenize-batch 16"
     POOL_ARGS="--stores 2 --steps 20000" EVAL_ARGS="--params config/smoke.yaml --size tiny-s --steps 5"
-    EVAL_ARGS="$EVAL_ARGS --episodes 2"
+    EVAL_ARGS="$EVAL_ARGS --episodes 2" CONCURRENT_ARGS="$EVAL_ARGS --processes 1 2"
 else
     PARAMS=params.yaml SIZES="150M 40M" BATCHES="64 256" STEP_ARGS="--warmup 5 --repeats 20"
     REF_SIZES=150M,40M REF_BATCHES=64,256 LOOP_ARGS="--size 40M --batch 64 --steps 300 --log-every 50"
     LOOP_ARGS="$LOOP_ARGS --stores 4 --store-steps 100000"
     DATA_ARGS="--pool-steps 5000000 --tokenize-batch 1024" POOL_ARGS="--stores 15 --steps 200000"
-    EVAL_ARGS="--steps 50"
+    EVAL_ARGS="--steps 40" CONCURRENT_ARGS="--steps 20"
 fi
 
 # 1. The reference's stage-2 step first (needs .refjowa/src and .bench/ref_jowa_train_step.py).
@@ -71,7 +72,7 @@ fi
 # 2. Ours, per size and batch, static shapes, same timing convention. Its compiled graphs stay in
 #    Inductor's on-disk cache, which the loop's `jowa pretrain` at the same size and batch reuses.
 #    One process per size, so that each size gets its own share of the time (150M compiles longer).
-limits=(70 50)
+limits=(60 45)
 i=0
 for size in $SIZES; do
     part "step $size" "${limits[$i]:-50}" "$PY" benchmarks/train_step.py --params "$PARAMS" --parts step --sizes "$size" \
@@ -85,12 +86,13 @@ part loop 35 "$PY" benchmarks/pretrain_loop.py --params "$PARAMS" $LOOP_ARGS --o
 part "data+tokenize" 15 "$PY" benchmarks/train_step.py --params "$PARAMS" --parts data tokenize \
     --batches $(echo $BATCHES | tr ' ' '\n' | tail -1) $DATA_ARGS --out "$RECORDS"
 # 5. The pool's host memory at a scaled size, extrapolated to the paper's ~150M steps.
-part pool 15 "$PY" benchmarks/pool_memory.py $POOL_ARGS --device "$( [ "$QUICK" = 1 ] && echo cpu || echo cuda)" \
+part pool 10 "$PY" benchmarks/pool_memory.py $POOL_ARGS --device "$( [ "$QUICK" = 1 ] && echo cpu || echo cuda)" \
     --out "$RECORDS"
 # 6. The GPU test subset (skipped without CUDA).
 #    (its file alone: other test modules import the workflow tools, which the image lacks)
-part "pytest -m gpu" 20 "$PY" -m pytest -q -m gpu -p no:cacheprovider tests/test_gpu.py
-# 7. Batched evaluation (owned by the eval helper; arguments adjusted at merge).
-part eval 35 "$PY" benchmarks/eval_planning.py $EVAL_ARGS --tag gpu_session
-cp benchmarks/results/eval_planning_gpu_session.json "$OUT/" 2>/dev/null
+part "pytest -m gpu" 25 "$PY" -m pytest -q -m gpu -p no:cacheprovider tests/test_gpu.py tests/test_planning_gpu.py
+# 7. Evaluation: 16 episodes batched against one at a time (beam K=2 H=2 and greedy, JOWA-150M), the
+#    planner alone and its profile; then 1, 2 and 4 evaluations sharing the GPU.
+part "eval planning" 45 "$PY" benchmarks/eval_planning.py $EVAL_ARGS --out "$RECORDS"
+part "eval concurrent" 25 "$PY" benchmarks/eval_planning.py --mode concurrent $CONCURRENT_ARGS --out "$RECORDS"
 say "done: $(wc -l < "$RECORDS" 2>/dev/null || echo 0) records in $RECORDS"
