@@ -137,10 +137,9 @@ AccountingStorageType=accounting_storage/slurmdbd
 AccountingStorageHost=127.0.0.1
 AccountingStoragePort=$DBD_PORT
 AccountingStoreFlags=job_comment
-$node
+$node NodeAddr=127.0.0.1
 PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
 EOF
-    sed -i 's/ UpTime=.*//' "$STATE/slurm.conf"
     cat >"$STATE/slurmdbd.conf" <<EOF
 AuthType=auth/munge
 DbdHost=$(hostname -s)
