@@ -184,7 +184,11 @@ class Report:
             by_game = {r.game: r for r in published if r.size == size}
             sources.append((f"paper JOWA {size} with planning", by_game))
         header = ["Game"] + [label for label, _ in sources]
-        table = Table("Pretraining games: distinct episodes of those played", header, note=WHY_GAMES)
+        counted = "Episodes with the same return and length count once; the paper lists returns only, so its "
+        counted += "counts are of distinct returns. "
+        table = Table(
+            "Pretraining games: distinct episodes of those played", header, note=counted + WHY_GAMES
+        )
         for game in self.pretrain_games():
             found = [by_game.get(game) for _, by_game in sources]
             table.add([game, *(NOT_RUN if r is None else f"{r.distinct} of {len(r.returns)}" for r in found)])
