@@ -66,11 +66,6 @@ ROBUSTNESS = PARAMS.robustness
 ROBUST_PROTOCOLS = [ROBUSTNESS.protocol] if ROBUSTNESS.protocol else []
 
 
-def protocol_section(wildcards):
-    """The eval section with this job's protocol."""
-    return section_json(PARAMS.eval.model_copy(update={"protocol": wildcards.protocol}))
-
-
 rule evaluate_robustness:
     """One pretrained size (ours or released) on one pretraining game with one planner, another protocol."""
     input:
@@ -84,7 +79,7 @@ rule evaluate_robustness:
         size="|".join(MODELS + RELEASED_SIZES),
         planner="|".join(PLANNERS),
     params:
-        eval=protocol_section,
+        eval=lambda wildcards: section_json(PARAMS.eval.model_copy(update={"protocol": wildcards.protocol})),
         beam=beam_argument,
     threads: 2
     resources:
