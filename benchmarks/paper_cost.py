@@ -93,12 +93,13 @@ class Costs:
         self.used: set[tuple[str, str]] = set()
 
     def rate(self, key: str, name: str) -> float:
+        """A rate by key and name (a size, a planner), or the key's `all` entry."""
         found = self.rates.get(key, {})
-        name = name if name in found else "all"
-        if name not in found:
+        chosen = name if name in found else "all"
+        if chosen not in found:
             raise SystemExit(f"no rate {key}.{name} in the rates file or benchmarks/measured/; add one")
-        self.used.add((key, name))
-        return float(found[name]["value"])
+        self.used.add((key, chosen))
+        return float(found[chosen]["value"])
 
     def episode_steps(self, game: str, protocol: str) -> int:
         if self.params.eval.max_steps is not None:

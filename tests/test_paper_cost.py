@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from jowa.config import load_params
+
 ROOT = Path(__file__).resolve().parents[1]
 SPEC = importlib.util.spec_from_file_location("paper_cost", ROOT / "benchmarks" / "paper_cost.py")
 paper_cost = importlib.util.module_from_spec(SPEC)
@@ -61,6 +63,10 @@ def test_smoke_plan_costed_per_phase_with_measured_rates_preferred(tmp_path: Pat
     assert "| pretrain |" in paper_cost.markdown(result)
 
 
-def test_wall_clock_schedules_the_longest_jobs_first() -> None:
+def test_wall_clock_schedules_the_longest_jobs_first_and_a_missing_rate_is_named() -> None:
     assert paper_cost.wall_hours([3600.0] * 8, 8) == pytest.approx(1.0)
     assert paper_cost.wall_hours([3 * 3600.0, 3600.0, 3600.0, 3600.0], 2) == pytest.approx(3.0)
+    costs = paper_cost.Costs(load_params(ROOT / "params.yaml"), {"train_samples_per_s": {}})
+    job = {"rule": "pretrain", "wildcards": {"size": "150M"}, "gpus": 1}
+    with pytest.raises(SystemExit, match=r"no rate train_samples_per_s\.150M"):
+        costs.seconds(job)
