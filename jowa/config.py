@@ -16,7 +16,7 @@ import difflib
 import json
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
@@ -99,6 +99,19 @@ class FinetuneDataParams(Section):
     (expert = the last 20% of the checkpoints, highly_suboptimal = the first 20%)"""
 
 
+class RobustnessParams(Section):
+    """A robustness check beside the paper's protocol, whose deterministic ALE repeats a game's episodes:
+    the standard protocol (sticky actions 0.25) makes them independent. A section of its own, not a key
+    of `eval`, so that switching it on adds evaluations and reruns none of the paper's."""
+
+    protocol: Literal["standard"] | None
+    """evaluate every pretrained size again under this protocol, as extra report columns; null: off"""
+    planners: Annotated[
+        tuple[Literal["greedy", "beam"], ...], Field(json_schema_extra=UNIQUE), AfterValidator(unique)
+    ]
+    """the planners evaluated under it"""
+
+
 class Params(Section):
     """A complete params file (params.yaml, config/smoke.yaml)."""
 
@@ -115,6 +128,7 @@ class Params(Section):
     eval: EvalParams
     planning: PlanningParams
     released: ReleasedParams
+    robustness: RobustnessParams
 
 
 S = TypeVar("S", bound=Section)

@@ -149,7 +149,7 @@ def test_the_shipped_schema_is_generated_from_the_models() -> None:
     assert shipped == json_schema(), "regenerate it: jowa check-params --schema > jowa/params.schema.json"
     assert shipped["additionalProperties"] is False and set(shipped["required"]) == {
         "games", "data", "subsample", "finetune_data", "tokenizer", "models", "pretrain", "finetune", "eval",
-        "planning", "released",
+        "planning", "released", "robustness",
     }  # fmt: skip
     assert (
         "a minimum"

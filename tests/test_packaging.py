@@ -31,6 +31,9 @@ def test_the_wheel_validates_params_and_prints_its_schema(tmp_path: Path) -> Non
     with zipfile.ZipFile(next(dist.glob("jowa_repro-*.whl"))) as wheel:
         wheel.extractall(site)
     assert (site / "jowa" / "params.schema.json").is_file()
+    assert (
+        len(list((site / "jowa" / "report" / "published_returns").glob("JOWA_*.json"))) == 3
+    )  # `jowa report`
     work = tmp_path / "work"  # no checkout here: nothing can be read from the source tree
     work.mkdir()
     shutil.copy(ROOT / "params.yaml", work / "params.yaml")

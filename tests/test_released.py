@@ -66,15 +66,22 @@ def test_a_released_format_model_is_imported_evaluated_and_reported(tmp_path: Pa
     cwd = workdir(tmp_path / "wf")
     shutil.copytree(FIXTURE, cwd / "released")
     params = with_released(cwd, "config/smoke.yaml", "released", episodes=2, max_steps=20)
+    settings = yaml.safe_load((cwd / params).read_text())
+    settings["robustness"] = {"protocol": "standard", "planners": ["greedy"]}  # the robustness column too
+    (cwd / params).write_text(yaml.safe_dump(settings))
     targets = [f"results/eval/pretrain/released-tiny-ref/{p}/Pong.json" for p in ("greedy", "beam")]
+    targets.append("results/eval/robustness/standard/released-tiny-ref/greedy/Pong.json")
     output = snakemake(cwd, *targets, "--cores", "2", "--configfile", params)
     assert job_counts(output.split("Building DAG of jobs...")[1]) == {
         "import_released_tokenizer": 1, "import_released_model": 1, "evaluate_pretrained": 2,
+        "evaluate_robustness": 1,
     }  # fmt: skip
     for target in targets:
         result = json.loads((cwd / target).read_text())
         assert result["size"] == "released-tiny-ref" and result["lengths"] == [20, 20]
         assert result["model"]["meta"]["imported_from"] == "released/tiny_jowa_state.npz"
+        sticky = result["settings"]["protocol"]["sticky_actions"]
+        assert sticky == (0.25 if "/robustness/" in target else 0.0)
     assert job_counts(snakemake(cwd, *targets, "-n", "--configfile", params)) == {}
 
     report = tmp_path / "report"
@@ -83,10 +90,17 @@ def test_a_released_format_model_is_imported_evaluated_and_reported(tmp_path: Pa
             "--out", str(report), "--metrics", str(tmp_path / "metrics.json"), "--reps", "50"]  # fmt: skip
     assert cli.main(argv) == 0
     table = (report / "pretrain_scores.md").read_text()
-    header = next(line for line in table.splitlines() if line.startswith("| Game |"))
-    assert "| released tiny-ref without planning | released tiny-ref with planning |" in header
-    assert "ours" not in header
-    pong = next(line for line in table.splitlines() if line.startswith("| Pong |")).split(" | ")
-    assert pong[1] != "not run" and pong[2] != "not run"
+    header, pong = (
+        [cell.strip() for cell in line.strip("|").split("|")]
+        for line in table.splitlines()
+        if line.startswith(("| Game ", "| Pong "))
+    )
+    assert header[1:4] == [
+        "released tiny-ref without planning",
+        "released tiny-ref without planning, standard protocol",
+        "released tiny-ref with planning",
+    ]
+    assert "ours" not in " ".join(header)
+    assert "not run" not in pong[1:4]
     assert "released tiny-ref" in (report / "planning_ablation.md").read_text()
     assert "released" not in (report / "finetune_scores.md").read_text()

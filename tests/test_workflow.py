@@ -83,6 +83,21 @@ def test_dry_run_plans_the_paper_data_training_and_evaluation_phases(tmp_path: P
     }  # fmt: skip
 
 
+def test_the_standard_protocol_robustness_check_adds_only_its_evaluations(tmp_path: Path) -> None:
+    cwd = workdir(tmp_path)
+    params = yaml.safe_load((cwd / "params.yaml").read_text())
+    params["robustness"] = {"protocol": "standard", "planners": ["beam"]}
+    (cwd / "robust.yaml").write_text(yaml.safe_dump(params))
+    plan = planned_jobs(snakemake(cwd, "-n", "--forceall", "-p", "--configfile", "robust.yaml"))
+    robust = [shell for rule, _, shell in plan if rule == "evaluate_robustness"]
+    assert len(robust) == 3 * 15 and all("--planner beam" in shell for shell in robust)  # sizes x games
+    assert all(
+        '"protocol":"standard"' in shell and "results/eval/robustness/standard/" in shell for shell in robust
+    )
+    paper = [shell for rule, _, shell in plan if rule == "evaluate_pretrained"]
+    assert len(paper) == 3 * 2 * 15 and all('"protocol":"jowa"' in shell for shell in paper)
+
+
 def test_rl_unplugged_source_plans_its_layout_and_refuses_unpublished_games(tmp_path: Path) -> None:
     cwd = workdir(tmp_path)
     params = yaml.safe_load((cwd / "params.yaml").read_text())
@@ -205,7 +220,8 @@ def test_local_pipeline_runs_end_to_end_and_reruns_only_what_changed(tmp_path: P
         f"{s}/{p}" for s in smoke["models"] for p in ("greedy", "beam")
     }
     table = (cwd / "results/report/pretrain_scores.md").read_text().splitlines()
-    pong = next(line for line in table if line.startswith("| Pong |")).split(" | ")
+    pong = next(line for line in table if line.startswith("| Pong ")).strip("|").split("|")
+    pong = [cell.strip() for cell in pong]
     assert "not run" not in pong[1:5] and "not run" in pong[5:]  # ours; the paper never pretrained on Pong
     assert (cwd / "results/report/scaling.png").stat().st_size > 0
     snakemake(cwd, "--configfile", "config/smoke.yaml", "--report", "report.html")  # figures with captions

@@ -1,12 +1,14 @@
 """`jowa report`: the paper's tables and figures from whatever evaluation results exist, beside its numbers.
 
 Writes into `--out`: `pretrain_scores` (per-game raw scores of every size with and without planning,
-the published JOWA and baseline numbers, aggregate rows), `finetune_scores` (held-out games per data
-quality, DQN-normalized), `planning_ablation` (IQM HNS with and without planning per size), each as
-.md, .tex and .csv; the figures `scaling`, `profiles`, `per_game` and `training_curves` as .png and .pdf;
-and `plots/scaling.csv` for `dvc plots`. `--metrics` gets the headline aggregates for `dvc metrics show`.
-A result that does not exist is a "not run" cell or a gap, never a zero; with no result at all the
-report says where it looked and still renders its (empty) tables and figures.
+under the standard protocol too where params `robustness` asked for it, the published JOWA and baseline
+numbers, aggregate rows), `episodes` (each game's count of distinct episodes, ours and the published),
+`finetune_scores` (held-out games per data quality, DQN-normalized), `planning_ablation` (IQM HNS with
+and without planning per size), each as .md, .tex and .csv; the figures `scaling`, `profiles`,
+`per_game` and `training_curves` as .png and .pdf; and `plots/scaling.csv` for `dvc plots`.
+`--metrics` gets the headline aggregates for `dvc metrics show`. A result that does not exist is a
+"not run" cell or a gap, never a zero; with no result at all the report says where it looked and still
+renders its (empty) tables and figures.
 """
 
 from __future__ import annotations
@@ -23,13 +25,19 @@ import numpy as np
 from jowa.atomic import atomic_file
 from jowa.released import RELEASED
 from jowa.report import figures
-from jowa.report.results import Result, find_results, load_results, published_results
+from jowa.report.results import PROTOCOL, Result, find_results, load_results, published_results
 from jowa.report.scores import Aggregates, aggregate, normalize, reference, run_matrix
 from jowa.report.tables import NOT_RUN, Table
 
 log = logging.getLogger(__name__)
 PLANNERS = {"greedy": "without planning", "beam": "with planning"}
 BASELINES = ("MTBC_120M", "Scaled_QL_80M", "MGDT_200M", "EDT_200M")
+WHY_GAMES = (
+    "Intervals resample games (one score per game for the paper's IQM), not episodes: under the JOWA "
+    "protocol ALE is deterministic, so a game's episodes repeat (see the distinct-episode counts) and "
+    "are not independent evidence."
+)
+Column = tuple[str, str, str]  # (size, planner, protocol)
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
@@ -100,39 +108,52 @@ class Report:
         if unknown:
             log.warning("no normalizer scores for %s: raw scores only, left out of every aggregate",
                         ", ".join(unknown))  # fmt: skip
-        self.aggregates: dict[tuple[str, str], Aggregates] = {}
+        self.aggregates: dict[Column, Aggregates] = {}
+        robust = {(r.size, r.setting, r.protocol) for r in results if r.protocol != PROTOCOL}
+        self.columns: list[Column] = [
+            (size, planner, protocol) for size in self.sizes for planner in PLANNERS
+            for protocol in (PROTOCOL, *sorted({c for s, p, c in robust if (s, p) == (size, planner)}))
+        ]  # fmt: skip
 
-    def ours(self, phase: str, size: str, setting: str, *, raw: bool = False) -> dict[str, Result]:
+    def ours(
+        self, phase: str, size: str, setting: str, protocol: str = PROTOCOL, *, raw: bool = False
+    ) -> dict[str, Result]:
         """This size's results of one planner or quality, by game; unless `raw`, only normalizable games."""
         return {
             r.game: r for r in self.results
-            if (r.phase, r.size, r.setting) == (phase, size, setting) and (raw or r.game in self.normalized)
+            if (r.phase, r.size, r.setting, r.protocol) == (phase, size, setting, protocol)
+            and (raw or r.game in self.normalized)
         }  # fmt: skip
 
+    def column_label(self, size: str, planner: str, protocol: str) -> str:
+        words = f"{self.label(size)} {PLANNERS[planner]}"
+        return words if protocol == PROTOCOL else f"{words}, {protocol} protocol"
+
+    def pretrain_games(self) -> list[str]:
+        ours = {r.game for r in self.results if r.phase == "pretrain"}
+        return self.games["pretrain"] + sorted(ours - set(self.games["pretrain"]))
+
     def pretrain_table(self) -> Table:
-        columns = [(size, planner) for size in self.sizes for planner in PLANNERS]
         published = [f"JOWA_{s}_{w}_planning" for s in ("40M", "70M", "150M") for w in ("without", "with")]
         reported = reference()["reported_mean_scores"]
-        header = ["Game"] + [f"{self.label(s)} {PLANNERS[p]}" for s, p in columns]
+        header = ["Game"] + [self.column_label(*column) for column in self.columns]
         header += [f"paper {name.replace('_', ' ')}" for name in published + list(BASELINES)]
-        table = Table("Pretraining games: mean raw score over evaluation episodes", header)
-        ours = {r.game for r in self.results if r.phase == "pretrain"}
-        games = self.games["pretrain"] + sorted(ours - set(self.games["pretrain"]))
-        for game in games:
+        table = Table("Pretraining games: mean raw score over evaluation episodes", header, note=WHY_GAMES)
+        for game in self.pretrain_games():
             row = [game]
-            for size, planner in columns:
-                result = self.ours("pretrain", size, planner, raw=True).get(game)
+            for size, planner, protocol in self.columns:
+                result = self.ours("pretrain", size, planner, protocol, raw=True).get(game)
                 row.append(NOT_RUN if result is None else f"{result.mean:.1f}")
             for name in published + list(BASELINES):
                 row.append(f"{reported[name][game]:.1f}" if game in reported[name] else NOT_RUN)
             table.add(row)
-        ours = [self._aggregate(size, planner) for size, planner in columns]
+        ours = [self._aggregate(*column) for column in self.columns]
         papers = [aggregate(reported[name]) for name in published + list(BASELINES)]
         rows = {
             "IQM HNS (paper: trimmed mean of game means)": lambda a: percent(a.iqm_paper),
-            "its 95% CI (episodes resampled)": lambda a: interval(a.iqm_paper_ci),
+            "its 95% CI (games resampled)": lambda a: interval(a.iqm_paper_ci),
             "IQM HNS (rliable: runs x games)": lambda a: percent(a.iqm_rliable),
-            "its 95% CI (stratified bootstrap)": lambda a: interval(a.iqm_ci),
+            "its 95% CI (games resampled, with their runs)": lambda a: interval(a.iqm_ci),
             "median HNS": lambda a: percent(a.median),
             "mean HNS": lambda a: percent(a.mean),
             "optimality gap": lambda a: f"{a.optimality_gap:.3f}",
@@ -144,14 +165,38 @@ class Report:
             table.add([name, *cells], rule=index == 0)
         return table
 
-    def _aggregate(self, size: str, planner: str) -> Aggregates | None:
-        found = self.ours("pretrain", size, planner)
+    def _aggregate(self, size: str, planner: str, protocol: str = PROTOCOL) -> Aggregates | None:
+        found = self.ours("pretrain", size, planner, protocol)
         if not found:
             return None
-        if (size, planner) not in self.aggregates:
+        if (size, planner, protocol) not in self.aggregates:
             means, runs = {g: r.mean for g, r in found.items()}, {g: r.returns for g, r in found.items()}
-            self.aggregates[size, planner] = aggregate(means, runs, reps=self.reps)
-        return self.aggregates[size, planner]
+            self.aggregates[size, planner, protocol] = aggregate(means, runs, reps=self.reps)
+        return self.aggregates[size, planner, protocol]
+
+    def episodes_table(self, published: list[Result]) -> Table:
+        """Each game's distinct episodes of those played: identical return and length count once (the
+        published give returns only, so theirs are distinct returns, a lower bound)."""
+        sources = [
+            (self.column_label(*column), self.ours("pretrain", *column, raw=True)) for column in self.columns
+        ]
+        for size in sorted({r.size for r in published}, key=self._order):
+            by_game = {r.game: r for r in published if r.size == size}
+            sources.append((f"paper JOWA {size} with planning", by_game))
+        header = ["Game"] + [label for label, _ in sources]
+        counted = "Episodes with the same return and length count once; the paper lists returns only, so its "
+        counted += "counts are of distinct returns. "
+        table = Table(
+            "Pretraining games: distinct episodes of those played", header, note=counted + WHY_GAMES
+        )
+        for game in self.pretrain_games():
+            found = [by_game.get(game) for _, by_game in sources]
+            table.add([game, *(NOT_RUN if r is None else f"{r.distinct} of {len(r.returns)}" for r in found)])
+        means = [
+            np.mean([r.distinct for r in by_game.values()]) if by_game else None for _, by_game in sources
+        ]
+        table.add(["mean per game", *(NOT_RUN if m is None else f"{m:.1f}" for m in means)], rule=True)
+        return table
 
     def finetune_table(self) -> Table:
         qualities = sorted({r.setting for r in self.results if r.phase == "finetune"})
@@ -189,6 +234,10 @@ class Report:
             table.add([self.label(size) if size.startswith(RELEASED) else size, *row])
         return table
 
+    @staticmethod
+    def metric_key(size: str, planner: str, protocol: str) -> str:
+        return f"{size}/{planner}" if protocol == PROTOCOL else f"{size}/{planner}/{protocol}"
+
     def _order(self, size: str) -> tuple[float, str]:
         return (self.params.get(size) or 0.0, size)
 
@@ -224,7 +273,7 @@ class Report:
         return points
 
     def metrics(self) -> dict[str, Any]:
-        pretrain = {f"{s}/{p}": self._aggregate(s, p) for s in self.sizes for p in PLANNERS}
+        pretrain = {self.metric_key(*column): self._aggregate(*column) for column in self.columns}
         finetune = {}
         for size, quality in sorted({(r.size, r.setting) for r in self.results if r.phase == "finetune"}):
             found = {g: x.mean for g, x in self.ours("finetune", size, quality).items()}
@@ -235,6 +284,11 @@ class Report:
             "pretrain_iqm_hns_rliable": {k: a.iqm_rliable for k, a in pretrain.items() if a},
             "pretrain_iqm_hns_ci": {k: a.iqm_paper_ci for k, a in pretrain.items() if a and a.iqm_paper_ci},
             "pretrain_games": {k: a.games for k, a in pretrain.items() if a},
+            "pretrain_distinct_episodes": {
+                self.metric_key(*column): float(np.mean([r.distinct for r in found.values()]))
+                for column in self.columns
+                if (found := self.ours("pretrain", *column))
+            },  # fmt: skip
             "finetune_iqm_dqn": finetune,
         }
 
@@ -270,6 +324,7 @@ def main(args: argparse.Namespace) -> None:
         results, models | released, args.reps, "from returns" if args.published_returns else "ours"
     )
     report.pretrain_table().write(args.out / "pretrain_scores")
+    report.episodes_table(published_results()).write(args.out / "episodes")
     report.finetune_table().write(args.out / "finetune_scores")
     report.ablation_table().write(args.out / "planning_ablation")
     points = report.scaling_points()

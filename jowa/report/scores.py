@@ -4,10 +4,13 @@ Normalizers (random, human and final DQN scores per game) and the published numb
 package (`reference_scores.json`, a copy of `tests/reference/`). Two IQMs, both kept and labeled:
 
 * the **paper's**: the 25 %-trimmed mean (scipy `trim_mean`) of the per-game normalized *mean* returns,
-  as `results/results.py` of the reference computes it (the reference gives no interval; ours resamples
-  each game's episodes, a stratified bootstrap, and recomputes it);
-* **rliable's**: the IQM over all runs x games of normalized returns (a run is an evaluation episode),
-  with a 95 % stratified-bootstrap confidence interval (Agarwal et al. 2021).
+  as `results/results.py` of the reference computes it (the reference gives no interval);
+* **rliable's**: the IQM over all runs x games of normalized returns (a run is an evaluation episode).
+
+Both 95 % intervals resample **games** (rliable's stratified bootstrap with `task_bootstrap`; the paper's
+IQM with one score per game, its mean): under the JOWA protocol ALE is deterministic, so a game's
+episodes repeat (the published 16 per game hold 1-14 distinct returns) and resampling episodes alone
+would count the repeats as independent evidence and give intervals far narrower than the data support.
 """
 
 from __future__ import annotations
@@ -47,13 +50,13 @@ class Aggregates:
 
     games: int
     iqm_paper: float  # 25 %-trimmed mean of per-game normalized means
-    iqm_paper_ci: tuple[float, float] | None  # its 95 % interval, resampling episodes within games
+    iqm_paper_ci: tuple[float, float] | None  # its 95 % interval, resampling games (one score each)
     median: float
     mean: float
     optimality_gap: float  # mean of max(0, 1 - score) over games
     above_reference: int  # games whose normalized mean exceeds 1 (above human, or above DQN)
     iqm_rliable: float | None  # IQM over runs x games; None without per-run scores
-    iqm_ci: tuple[float, float] | None  # its 95 % stratified bootstrap interval
+    iqm_ci: tuple[float, float] | None  # its 95 % interval, resampling games and their runs
 
 
 def aggregate(
@@ -75,7 +78,7 @@ def aggregate(
     means = np.array([normalize(per_game_mean[game], game, kind) for game in games])
     iqm, ci, paper_ci = None, None, None
     if per_run:
-        iqm, ci, paper_ci = bootstrap_iqms(per_run, kind=kind, reps=reps, seed=seed)
+        iqm, ci, paper_ci = bootstrap_iqms(per_game_mean, per_run, kind=kind, reps=reps, seed=seed)
     return Aggregates(
         games=len(games), iqm_paper=float(trim_mean(means, 0.25)), iqm_paper_ci=paper_ci,
         median=float(np.median(means)),
@@ -98,20 +101,38 @@ def run_matrix(per_run: dict[str, np.ndarray], kind: Normalizer = "human", seed:
     return np.stack(columns, axis=1)
 
 
-def _iqms(matrix: np.ndarray) -> np.ndarray:
-    from rliable import metrics
+def distinct_episodes(returns: np.ndarray, lengths: np.ndarray | None = None) -> int:
+    """Episodes that differ in return (and in length, where lengths are known): identical ones are one."""
+    keys = zip(returns.tolist(), lengths.tolist(), strict=True) if lengths is not None else returns.tolist()
+    return len(set(keys))
 
-    return np.array([metrics.aggregate_iqm(matrix), trim_mean(matrix.mean(axis=0), 0.25)])
+
+def _interval(matrix: np.ndarray, *, reps: int, seed: int) -> tuple[float, tuple[float, float]]:
+    """rliable's IQM of a (runs x games) matrix and its 95 % interval, games resampled with their runs."""
+    from rliable import library, metrics
+
+    np.random.seed(seed)  # rliable's bootstrap draws from numpy's global RNG
+    points, intervals = library.get_interval_estimates(
+        {"m": matrix},
+        lambda scores: np.array([metrics.aggregate_iqm(scores)]),
+        task_bootstrap=True,
+        reps=reps,
+    )
+    low, high = intervals["m"]
+    return float(points["m"][0]), (float(low[0]), float(high[0]))
 
 
 def bootstrap_iqms(
-    per_run: dict[str, np.ndarray], *, kind: Normalizer = "human", reps: int = 2000, seed: int = 0
+    per_game_mean: dict[str, float],
+    per_run: dict[str, np.ndarray],
+    *,
+    kind: Normalizer = "human",
+    reps: int = 2000,
+    seed: int = 0,
 ) -> tuple[float, tuple[float, float], tuple[float, float]]:
-    """(rliable IQM, its 95 % interval, the paper IQM's 95 % interval), one stratified bootstrap."""
-    from rliable import library
-
-    matrix = run_matrix(per_run, kind, seed)
-    np.random.seed(seed)  # rliable's bootstrap draws from numpy's global RNG
-    points, intervals = library.get_interval_estimates({"m": matrix}, _iqms, reps=reps)
-    low, high = intervals["m"]
-    return float(points["m"][0]), (float(low[0]), float(high[0])), (float(low[1]), float(high[1]))
+    """(rliable IQM, its 95 % interval, the paper IQM's 95 % interval), both resampling games."""
+    games = sorted(per_game_mean)
+    means = np.array([[normalize(per_game_mean[game], game, kind) for game in games]])
+    _, paper_ci = _interval(means, reps=reps, seed=seed)
+    iqm, ci = _interval(run_matrix(per_run, kind, seed), reps=reps, seed=seed)
+    return iqm, ci, paper_ci

@@ -64,6 +64,41 @@ rule evaluate_finetuned:
         " --game {wildcards.game} --planner greedy --size {wildcards.size} --out {output:q} 2> {log:q}"
 
 
+# The robustness check (params `robustness`, off by default): pretrained sizes again under another protocol
+# (standard: sticky actions 0.25, independent episodes), as extra columns of the report.
+ROBUSTNESS = PARAMS.robustness
+ROBUST_PROTOCOLS = [ROBUSTNESS.protocol] if ROBUSTNESS.protocol else []
+
+
+rule evaluate_robustness:
+    """One pretrained size (ours or released) on one pretraining game with one planner, another protocol."""
+    input:
+        model=pretrained_model,
+        tokenizer=pretrained_tokenizer,
+        code=code_inputs("jowa.eval.evaluate"),
+    output:
+        f"{EVAL_ROOT}/robustness/{{protocol}}/{{size}}/{{planner}}/{{game}}.json",
+    wildcard_constraints:
+        protocol="standard",
+        size="|".join(MODELS + RELEASED_SIZES),
+        planner="|".join(PLANNERS),
+    params:
+        eval=lambda wildcards: section_json(PARAMS.eval.model_copy(update={"protocol": wildcards.protocol})),
+        beam=beam_argument,
+    threads: 2
+    resources:
+        gpu=1,
+    log:
+        "logs/eval/robustness/{protocol}/{size}/{planner}/{game}.log",
+    benchmark:
+        "logs/benchmarks/eval/robustness/{protocol}/{size}/{planner}/{game}.tsv"
+    shell:
+        "jowa gpu-run --gpus {resources.gpu} --"
+        " jowa evaluate --params {params.eval:q} --model {input.model:q} --tokenizer {input.tokenizer:q}"
+        " --game {wildcards.game} --planner {wildcards.planner} {params.beam} --size {wildcards.size}"
+        " --out {output:q} 2> {log:q}"
+
+
 rule eval_all:
     """Phase target: every evaluation."""
     input:
@@ -78,4 +113,11 @@ rule eval_all:
             size=MODELS,
             quality=QUALITIES,
             game=FINETUNE,
+        ),
+        expand(
+            f"{EVAL_ROOT}/robustness/{{protocol}}/{{size}}/{{planner}}/{{game}}.json",
+            protocol=ROBUST_PROTOCOLS,
+            size=MODELS + RELEASED_SIZES,
+            planner=ROBUSTNESS.planners,
+            game=PRETRAIN,
         ),

@@ -15,6 +15,7 @@ rule report:
     output:
         tables=report(
             multiext(f"{REPORT_ROOT}/pretrain_scores", ".md", ".tex", ".csv")
+            + multiext(f"{REPORT_ROOT}/episodes", ".md", ".tex", ".csv")
             + multiext(f"{REPORT_ROOT}/finetune_scores", ".md", ".tex", ".csv")
             + multiext(f"{REPORT_ROOT}/planning_ablation", ".md", ".tex", ".csv"),
             caption="../report/tables.rst",
