@@ -127,7 +127,8 @@ def parse_command_line(argv: list[str]) -> tuple[str, ModuleType, argparse.Names
 
 
 def main(argv: list[str] | None = None) -> int:
-    name, module, args = parse_command_line(list(sys.argv[1:] if argv is None else argv))
+    argv = list(sys.argv[1:] if argv is None else argv)
+    name, module, args = parse_command_line(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     # a workflow job's log (its stderr) then starts with the job's command, which the console leaves out
     logging.getLogger(__name__).info("command: %s", shlex.join(["jowa", *argv]))
