@@ -2,7 +2,7 @@
 several evaluations sharing one GPU.
 
 Plays a game in real ALE with random weights (JOWA of a params-file size, its tokenizer) through
-`jowa.eval.evaluate.play`, exactly as `jowa evaluate` does, each episode capped at `--steps` agent
+`jowa.eval.play.play`, exactly as `jowa evaluate` does, each episode capped at `--steps` agent
 steps. Mode `planning` (default): for beam search (K, H, context) and greedy, `--episodes` episodes
 batched, then episodes one at a time, timed on `--single` of them and extrapolated (the rate is per
 env step, so extrapolation is the measured rate); on CUDA also batched beam search without CUDA graphs.
@@ -40,9 +40,9 @@ import torch
 
 from jowa import games
 from jowa.config import load_params
-from jowa.eval.evaluate import play
 from jowa.eval.params import PlannerSettings
 from jowa.eval.planning import Context, WorldModel, beam_search, greedy
+from jowa.eval.play import play
 from jowa.models.tokenizer import Tokenizer
 from jowa.models.world_action import JOWA
 from jowa.train.pretrain import model_config

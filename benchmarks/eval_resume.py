@@ -24,8 +24,8 @@ import numpy as np
 import torch
 
 from jowa import games
-from jowa.eval.evaluate import Episodes
 from jowa.eval.params import EvalParams
+from jowa.eval.play import Episodes
 from jowa.eval.resume import ResumeFile
 
 ROOT = Path(__file__).resolve().parent.parent

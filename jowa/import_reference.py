@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from jowa import checkpoints, tokenizer_checkpoints
-from jowa.models.tokenizer import TokenizerConfig
+from jowa.models.tokenizer_config import TokenizerConfig
 from jowa.models.world_action import SIZES, JOWAConfig, count_parameters
 from jowa.state_files import CheckpointError, load_state_file
 

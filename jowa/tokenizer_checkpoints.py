@@ -15,7 +15,8 @@ from typing import Any
 import torch
 
 from jowa.models.lpips import LPIPS, VGG16_SLICE_ENDS
-from jowa.models.tokenizer import Tokenizer, TokenizerConfig
+from jowa.models.tokenizer import Tokenizer
+from jowa.models.tokenizer_config import TokenizerConfig
 from jowa.state_files import (
     CheckpointError,
     as_tensor,

@@ -16,7 +16,8 @@ from jowa import checkpoints
 from jowa.checkpoints import load_model, read_model_metadata, save_model
 from jowa.errors import JowaError, MissingInputError
 from jowa.models.lpips import LPIPS
-from jowa.models.tokenizer import Tokenizer, TokenizerConfig
+from jowa.models.tokenizer import Tokenizer
+from jowa.models.tokenizer_config import TokenizerConfig
 from jowa.models.transformer import flash_attn_func
 from jowa.models.world_action import JOWA, JOWAConfig, count_parameters
 from jowa.state_files import CheckpointError, load_state_file

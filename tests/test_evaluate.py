@@ -20,8 +20,8 @@ import torch
 
 from jowa import cli, games
 from jowa.eval.env import make_env
-from jowa.eval.evaluate import Episodes
 from jowa.eval.params import EvalParams
+from jowa.eval.play import Episodes
 from jowa.eval.resume import state_path
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -19,14 +19,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from jowa.data.dopamine_format import (
-    META_KINDS,
-    STORE_KINDS,
-    NpyGzReader,
-    ReplayFormatError,
-    checkpoint_filename,
-    list_suffixes,
-)
+from jowa.data.dopamine_format import META_KINDS, STORE_KINDS, NpyGzReader, checkpoint_filename, list_suffixes
+from jowa.data.episodes import ReplayFormatError
 from jowa.data.extract import read_episodes
 from jowa.data.generate import DopamineReplayWriter
 from jowa.data.manifest import write_manifest

@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 
 from jowa.cli import main as jowa_main
-from jowa.data.dopamine_format import ReplayFormatError
 from jowa.data.download import DownloadError, download_run
+from jowa.data.episodes import ReplayFormatError
 from jowa.data.extract import read_episodes
 from jowa.data.generate import DopamineReplayWriter, generate_run
 from jowa.data.manifest import read_manifest, write_manifest

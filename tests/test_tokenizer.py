@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from jowa.models.lpips import LPIPS
-from jowa.models.tokenizer import PerceptualWeightsUnavailable, Tokenizer, TokenizerConfig
+from jowa.models.tokenizer import PerceptualWeightsUnavailable, Tokenizer
+from jowa.models.tokenizer_config import TokenizerConfig
 from jowa.state_files import CheckpointError
 from jowa.tokenizer_checkpoints import load_lpips, tokenizer_from_reference
 

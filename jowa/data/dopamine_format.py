@@ -19,7 +19,7 @@ from typing import BinaryIO
 import numpy as np
 
 from jowa.atomic import atomic_file
-from jowa.errors import JowaError
+from jowa.data.episodes import ReplayFormatError
 
 try:  # ISA-L: same gzip format, much faster inflate.
     from isal import igzip as _fast_gzip
@@ -47,10 +47,6 @@ UPDATE_HORIZON = 1
 _NAME_RE = re.compile(
     r"^(?:\$store\$_)?(observation|action|reward|terminal|add_count|invalid_range)_ckpt\.(\d+)\.gz$"
 )
-
-
-class ReplayFormatError(JowaError, ValueError):
-    """A replay file is missing, truncated, corrupt or has an unexpected header."""
 
 
 def run_path(game: str, run: int | str) -> str:

@@ -23,7 +23,8 @@ from pathlib import Path
 
 from jowa.config import Source, add_run_arguments, argument_type
 from jowa.data import gsutil
-from jowa.data.dopamine_format import ReplayFormatError, parse_checkpoint_filename, run_path
+from jowa.data.dopamine_format import parse_checkpoint_filename, run_path
+from jowa.data.episodes import ReplayFormatError
 from jowa.data.manifest import file_sizes, manifest_rows, read_manifest, write_manifest_rows
 from jowa.data.rlu_format import num_shards, parse_shard_filename
 from jowa.data.rlu_run import check_shard_set, shard_problems

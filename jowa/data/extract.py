@@ -14,8 +14,9 @@ from pathlib import Path
 import numpy as np
 
 from jowa.data.dopamine_format import NpyGzReader
+from jowa.data.episodes import Episode, EpisodeArrays, FrameSink
 from jowa.data.placement import PADDING_ROWS, ReplayFile, check_observation_header
-from jowa.data.replay import Episode, RunIndex, index_run
+from jowa.data.replay import RunIndex, index_run
 
 
 def _pieces(index: RunIndex, start: int, stop: int) -> Iterator[tuple[ReplayFile, int, int]]:
@@ -64,15 +65,6 @@ def files_holding(index: RunIndex, episodes: Iterable[Episode]) -> list[ReplayFi
     return [file for file in index.files if file.position in positions]
 
 
-@dataclass
-class EpisodeArrays:
-    """Per-row arrays of a list of episodes, concatenated in the given episode order."""
-
-    actions: np.ndarray  # int32, index into the game's minimal action set (as stored)
-    rewards: np.ndarray  # float32
-    terminals: np.ndarray  # uint8
-
-
 def extract_rows(index: RunIndex, episodes: Sequence[Episode]) -> EpisodeArrays:
     """Actions, rewards and terminals of `episodes`, concatenated, from the values the index holds."""
     lengths = np.array([e.length for e in episodes], np.int64)
@@ -92,9 +84,6 @@ def extract_rows(index: RunIndex, episodes: Sequence[Episode]) -> EpisodeArrays:
         dest += episode.length
     out.terminals[(np.cumsum(lengths) - 1)[index.ends_in_terminal(episodes)]] = 1
     return out
-
-
-FrameSink = Callable[[np.ndarray, int], None]  # (frames block, first destination row)
 
 
 def extract_frames(

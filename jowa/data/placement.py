@@ -19,7 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from jowa.data.dopamine_format import STACK_SIZE, NpyGzReader, ReplayFormatError, checkpoint_filename
+from jowa.data.dopamine_format import STACK_SIZE, NpyGzReader, checkpoint_filename
+from jowa.data.episodes import ReplayFormatError
 
 log = logging.getLogger(__name__)
 PADDING_ROWS = STACK_SIZE - 1

@@ -18,28 +18,11 @@ from pathlib import Path
 
 import numpy as np
 
-from jowa.data.dopamine_format import (
-    ALL_KINDS,
-    STORE_SPECS,
-    ReplayFormatError,
-    checkpoint_filename,
-    list_suffixes,
-    load_array,
-)
+from jowa.data.dopamine_format import ALL_KINDS, STORE_SPECS, checkpoint_filename, list_suffixes, load_array
+from jowa.data.episodes import Episode, ReplayFormatError
 from jowa.data.placement import PADDING_ROWS, Arrays, ReplayFile, end_row, replay_path
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Episode:
-    """Consecutive global rows `[start_row, start_row + length)` of one run, padding excluded."""
-
-    start_row: int
-    length: int
-    truncated: bool  # cut by a gap or by the end of the run: not known to be a whole episode
-    position: int  # position of the file holding the first step
-    after_gap: bool = False  # starts right after rows no file holds
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ import cv2
 import numpy as np
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
-from jowa.data.dopamine_format import ReplayFormatError
+from jowa.data.episodes import ReplayFormatError
 
 __all__ = [
     "RluEpisode",

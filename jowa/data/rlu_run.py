@@ -17,9 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from jowa.data.dopamine_format import ReplayFormatError
-from jowa.data.extract import EpisodeArrays, FrameSink
-from jowa.data.replay import Episode
+from jowa.data.episodes import Episode, EpisodeArrays, FrameSink, ReplayFormatError
 from jowa.data.rlu_format import (
     decode_episode,
     decode_frames,

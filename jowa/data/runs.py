@@ -12,8 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from jowa.data.extract import EpisodeArrays, FrameSink, extract_frames, extract_rows, files_holding
-from jowa.data.replay import Episode, RunIndex, index_run
+from jowa.data.episodes import Episode, EpisodeArrays, FrameSink
+from jowa.data.extract import extract_frames, extract_rows, files_holding
+from jowa.data.replay import RunIndex, index_run
 from jowa.data.rlu_run import index_rlu_run, is_rlu_run
 
 __all__ = ["DopamineRun", "Run", "open_run"]

@@ -26,7 +26,7 @@ from tqdm import tqdm
 from jowa import games
 from jowa.atomic import add_overwrite_argument, refuse_existing
 from jowa.config import Game, RunId, SubsampleParams, argument_type, params_help, parse_section
-from jowa.data.replay import Episode
+from jowa.data.episodes import Episode
 from jowa.data.runs import Run, open_run
 from jowa.data.store import StoreWriter, write_store
 from jowa.data.verify import verify_runs

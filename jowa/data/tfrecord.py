@@ -21,7 +21,7 @@ import google_crc32c
 from isal import igzip
 
 from jowa.atomic import atomic_file
-from jowa.data.dopamine_format import ReplayFormatError
+from jowa.data.episodes import ReplayFormatError
 
 __all__ = ["GZIP_MAGIC", "masked_crc32c", "read_records", "write_records"]
 

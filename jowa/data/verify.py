@@ -24,10 +24,10 @@ from jowa.data.dopamine_format import (
     STORE_KINDS,
     STORE_SPECS,
     NpyGzReader,
-    ReplayFormatError,
     checkpoint_filename,
     list_suffixes,
 )
+from jowa.data.episodes import ReplayFormatError
 from jowa.data.manifest import read_manifest, verify_against_manifest
 from jowa.data.rlu_run import check_shard_set, is_rlu_run
 from jowa.errors import JowaError, MissingInputError

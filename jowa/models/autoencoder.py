@@ -16,19 +16,13 @@ Architecture facts that are easy to get wrong (spec 2.2-2.5 and gotcha 9):
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-if TYPE_CHECKING:
-    from jowa.models.tokenizer import TokenizerConfig
+from jowa.models.tokenizer_config import FIRST_SCALE, TokenizerConfig
 
-__all__ = ["FIRST_SCALE", "AttnBlock", "Decoder", "Downsample", "Encoder", "ResnetBlock", "Upsample"]
-
-FIRST_SCALE = 7
-"""Scale of the encoder's first downsample and the decoder's first (lowest-res) upsample: 84 = 7*2*6."""
+__all__ = ["AttnBlock", "Decoder", "Downsample", "Encoder", "ResnetBlock", "Upsample"]
 
 _DECODER_RES_DIVISOR = 21
 """The reference decoder starts its attention bookkeeping at ``resolution // 21`` (= 4 for 84), not at the

@@ -16,7 +16,7 @@ import torch
 from jowa.data.loader import SegmentPool, fetch, pool_device
 from jowa.data.store import TrainingStore
 from jowa.models.batch import Batch
-from jowa.models.tokenizer import TokenizerConfig
+from jowa.models.tokenizer_config import TokenizerConfig
 from jowa.state_files import read_metadata
 from jowa.tokenizer_checkpoints import TOKENIZER_FORMAT
 from jowa.train.run import local_draw

@@ -19,7 +19,8 @@ import torch
 
 from jowa.config import params_help, parse_section
 from jowa.data.store import TrainingStore
-from jowa.models.tokenizer import Tokenizer, TokenizerConfig
+from jowa.models.tokenizer import Tokenizer
+from jowa.models.tokenizer_config import TokenizerConfig
 from jowa.perceptual_weights import perceptual_source
 from jowa.tokenizer_checkpoints import load_lpips, save_tokenizer
 from jowa.train.frames import FrameSampler
