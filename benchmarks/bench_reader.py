@@ -48,9 +48,9 @@ import numpy as np
 from isal import igzip
 
 import jowa.data.subsample as subsample
-from jowa.data.dopamine_format import STORE_SPECS, NpyGzReader, checkpoint_filename, parse_checkpoint_filename
-from jowa.data.extract import extract_frames, extract_rows
-from jowa.data.replay import index_run
+from jowa.data.dopamine.extract import extract_frames, extract_rows
+from jowa.data.dopamine.format import STORE_SPECS, NpyGzReader, checkpoint_filename, parse_checkpoint_filename
+from jowa.data.dopamine.replay import index_run
 
 ROOT = Path(__file__).resolve().parent.parent
 KINDS = ("reader", "rows", "subsample", "reference", "raw", "raw-direct")

@@ -1,7 +1,7 @@
 """Benchmark reading RL Unplugged shards: frames/s per core of indexing and of read + decode + store write.
 
 Plays one SpaceInvaders run with ale-py (real frames, so PNG sizes are realistic), writes it in RL
-Unplugged's layout (`jowa.data.rlu_run.write_rlu_run`), and measures in this process:
+Unplugged's layout (`jowa.data.rlu.run.write_rlu_run`), and measures in this process:
 
 * `index`      `index_rlu_run`: inflate + CRC32C + protobuf parse of every record, no PNG decode;
 * `store`      `build_store` of every whole episode: a second read of the shards, PNG decode, store write;
@@ -27,11 +27,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from jowa.data.extract import read_episodes
+from jowa.data.dopamine.extract import read_episodes
+from jowa.data.dopamine.replay import index_run
 from jowa.data.generate import generate_run
 from jowa.data.manifest import write_manifest
-from jowa.data.replay import index_run
-from jowa.data.rlu_run import index_rlu_run, write_rlu_run
+from jowa.data.rlu.run import index_rlu_run, write_rlu_run
 from jowa.data.subsample import build_store
 
 PAPER_RUN_FRAMES = 50_000_000  # a DQN-Replay run: 50 checkpoints of 1M steps

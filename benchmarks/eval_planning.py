@@ -2,7 +2,7 @@
 several evaluations sharing one GPU.
 
 Plays a game in real ALE with random weights (JOWA of a params-file size, its tokenizer) through
-`jowa.eval.play.play`, exactly as `jowa evaluate` does, each episode capped at `--steps` agent
+`jowa.planning.play.play`, exactly as `jowa evaluate` does, each episode capped at `--steps` agent
 steps. Mode `planning` (default): for beam search (K, H, context) and greedy, `--episodes` episodes
 batched, then episodes one at a time, timed on `--single` of them and extrapolated (the rate is per
 env step, so extrapolation is the measured rate); on CUDA also batched beam search without CUDA graphs.
@@ -38,13 +38,13 @@ from typing import Any, TextIO
 
 import torch
 
-from jowa import games
-from jowa.config import load_params
-from jowa.eval.params import PlannerSettings
-from jowa.eval.planning import Context, WorldModel, beam_search, greedy
-from jowa.eval.play import play
+from jowa.core import games
+from jowa.core.config import load_params
 from jowa.models.tokenizer import Tokenizer
 from jowa.models.world_action import JOWA
+from jowa.planning.params import PlannerSettings
+from jowa.planning.play import play
+from jowa.planning.search import Context, WorldModel, beam_search, greedy
 from jowa.train.pretrain import model_config
 from jowa.train.train_tokenizer import tokenizer_config
 

@@ -1,8 +1,8 @@
 """What a resumable evaluation costs: ALE per agent step, and saving and restoring the state of 16 envs.
 
-Steps `--episodes` real ALE environments (`jowa.eval.evaluate.Episodes`, as `jowa evaluate` does, without
+Steps `--episodes` real ALE environments (`jowa.planning.play.Episodes`, as `jowa evaluate` does, without
 a model: contexts get zero tokens, actions are random valid ones) for `--steps` agent steps under each
-protocol, then saves the whole state (`Episodes.state_dict`, the ε generator) with `jowa.eval.resume` and
+protocol, then saves the whole state (`Episodes.state_dict`, the ε generator) with `jowa.planning.resume` and
 restores it into fresh environments. Reports ms per agent step of the environments alone (the host's
 share of every evaluation step, whatever the planner), ms per save and per restore, and the state's size.
 The environment rate, with the planner's per-step cost, gives the SLURM profile's evaluation times.
@@ -23,10 +23,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from jowa import games
-from jowa.eval.params import EvalParams
-from jowa.eval.play import Episodes
-from jowa.eval.resume import ResumeFile
+from jowa.core import games
+from jowa.planning.params import EvalParams
+from jowa.planning.play import Episodes
+from jowa.planning.resume import ResumeFile
 
 ROOT = Path(__file__).resolve().parent.parent
 

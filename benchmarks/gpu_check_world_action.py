@@ -40,7 +40,7 @@ from typing import Any
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from jowa.games import PRETRAIN_GAMES, task_id
+from jowa.core.games import PRETRAIN_GAMES, task_id
 from jowa.models.batch import Batch
 from jowa.models.losses import critic_losses, task_action_masks, world_model_losses
 from jowa.models.transformer import flash_attn_func

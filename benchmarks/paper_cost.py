@@ -26,9 +26,9 @@ from typing import Any
 
 import yaml
 
-from jowa.atomic import atomic_file
-from jowa.config import Params, load_params
-from jowa.eval.env import JOWA_MAX_STEPS, STANDARD_MAX_STEPS
+from jowa.core.atomic import atomic_file
+from jowa.core.config import Params, load_params
+from jowa.core.env import JOWA_MAX_STEPS, STANDARD_MAX_STEPS
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKFLOW = ("Snakefile", "params.yaml", "workflow", "config", "profiles")

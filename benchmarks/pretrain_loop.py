@@ -27,11 +27,11 @@ from pathlib import Path
 import torch
 from train_step import commit  # this directory is on the path of a script run from it
 
-from jowa.config import load_params
+from jowa.core.config import load_params
 from jowa.data.token_stores import write_token_store
 from jowa.models.tokenizer import Tokenizer
-from jowa.tokenizer_checkpoints import save_tokenizer
 from jowa.train.train_tokenizer import tokenizer_config
+from jowa.weights.tokenizer_checkpoints import save_tokenizer
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -50,10 +50,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from jowa.config import load_params
+from jowa.core.config import load_params
+from jowa.core.games import PRETRAIN_GAMES, task_id
 from jowa.data.loader import SegmentPool
 from jowa.data.store import segment_index
-from jowa.games import PRETRAIN_GAMES, task_id
 from jowa.models.batch import Batch
 from jowa.models.tokenizer import Tokenizer
 from jowa.models.world_action import JOWA

@@ -2,12 +2,12 @@
 
 This module only dispatches. It imports nothing but the chosen command's module, so `jowa --help` is
 instant and a stage's behaviour never depends on this file: a Snakemake rule's code inputs are the
-modules its command imports (`jowa.code_inputs`), and editing this table reruns no job. Each command
+modules its command imports (`jowa.jobs.code_inputs`), and editing this table reruns no job. Each command
 module provides `configure_parser(parser)` and `main(args)`. Errors the user can act on
-(`jowa.errors.JowaError`) are printed in one line; any other exception is a bug and keeps its traceback.
+(`jowa.core.errors.JowaError`) are printed in one line; any other exception is a bug and keeps its traceback.
 
 SIGTERM (what `scancel`, Snakemake and timeouts send) is turned into an exception, like Ctrl-C, so every
-`jowa.atomic` context manager removes its temporary output on the way out; the command then exits with
+`jowa.core.atomic` context manager removes its temporary output on the way out; the command then exits with
 143 (128 + 15; 130 for Ctrl-C) after one line saying so.
 """
 
@@ -25,11 +25,11 @@ from contextlib import contextmanager
 from importlib.metadata import version
 from types import ModuleType
 
-from jowa.errors import JowaError
+from jowa.core.errors import JowaError
 
 #: command -> (module implementing it, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "check-params": ("jowa.config", "validate a params file (or print its JSON schema)"),
+    "check-params": ("jowa.core.config", "validate a params file (or print its JSON schema)"),
     "data download": ("jowa.data.download", "copy one run from a gs:// URL or a local mirror, with manifest"),
     "data generate": ("jowa.data.generate", "play a game with ale-py and write a run in DQN-Replay's layout"),
     "data verify": ("jowa.data.verify", "check runs against their manifests (sizes, md5s) and their format"),
@@ -45,11 +45,14 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": ("jowa.eval.evaluate", "play a JOWA on one game (greedy, beam or MCTS); returns as JSON"),
     "report": ("jowa.report.report", "the paper's tables and figures from the evaluation results"),
     "checkpoint import-reference": (
-        "jowa.import_reference",
+        "jowa.weights.import_reference",
         "convert a reference-layout JOWA or tokenizer state dict to our safetensors format",
     ),
-    "gpu-run": ("jowa.gpu_slots", "run a command on N free GPUs (torchrun for N > 1) or the CPU"),
-    "gpu-check": ("jowa.gpu_check", "check that this job sees exactly the GPUs it asked for; JSON record"),
+    "gpu-run": ("jowa.jobs.gpu_slots", "run a command on N free GPUs (torchrun for N > 1) or the CPU"),
+    "gpu-check": (
+        "jowa.jobs.gpu_check",
+        "check that this job sees exactly the GPUs it asked for; JSON record",
+    ),
 }
 
 

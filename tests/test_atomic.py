@@ -1,4 +1,6 @@
-"""`jowa.atomic`: stale temporary siblings are swept, and an existing output is refused unless overwritten."""
+"""`jowa.core.atomic`: stale temporary siblings are swept, and an existing output is refused unless
+overwritten.
+"""
 
 from __future__ import annotations
 
@@ -9,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from jowa.atomic import _HOST, atomic_dir, atomic_file, refuse_existing, sweep_stale_siblings
-from jowa.errors import OutputExistsError
+from jowa.core.atomic import _HOST, atomic_dir, atomic_file, refuse_existing, sweep_stale_siblings
+from jowa.core.errors import OutputExistsError
 
 
 def dead_pid() -> int:

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from jowa.config import load_params
+from jowa.core.config import load_params
 from jowa.train.runtime import Runtime
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -12,16 +12,16 @@ import pytest
 import torch
 from torch import nn
 
-from jowa import checkpoints
-from jowa.checkpoints import load_model, read_model_metadata, save_model
-from jowa.errors import JowaError, MissingInputError
+from jowa.core.errors import JowaError, MissingInputError
 from jowa.models.lpips import LPIPS
 from jowa.models.tokenizer import Tokenizer
 from jowa.models.tokenizer_config import TokenizerConfig
 from jowa.models.transformer import flash_attn_func
 from jowa.models.world_action import JOWA, JOWAConfig, count_parameters
-from jowa.state_files import CheckpointError, load_state_file
-from jowa.tokenizer_checkpoints import load_tokenizer, save_tokenizer
+from jowa.weights import checkpoints
+from jowa.weights.checkpoints import load_model, read_model_metadata, save_model
+from jowa.weights.state_files import CheckpointError, load_state_file
+from jowa.weights.tokenizer_checkpoints import load_tokenizer, save_tokenizer
 
 TINY = JOWAConfig.from_arch({"layers": 2, "heads": 2, "width": 32, "q_hidden": 16, "q_ensemble": 2})
 

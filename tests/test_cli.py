@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from jowa import cli
-from jowa.errors import JowaError
+from jowa.core.errors import JowaError
 
 ROOT = Path(__file__).resolve().parents[1]
 SUBSAMPLE = '{"runs_per_game": 1, "seed": 0, "transitions_per_game": 10}'
@@ -137,19 +137,19 @@ def test_help_names_units_and_rounding() -> None:
 
 
 def test_a_bug_keeps_its_traceback(monkeypatch: pytest.MonkeyPatch) -> None:
-    import jowa.config
+    import jowa.core.config
 
     def broken(args: object) -> None:
         raise KeyError("a bug")
 
-    monkeypatch.setattr(jowa.config, "main", broken)
+    monkeypatch.setattr(jowa.core.config, "main", broken)
     with pytest.raises(KeyError, match="a bug"):
         cli.main(["check-params"])
 
     def bad_input(args: object) -> None:
         raise JowaError("bad input")
 
-    monkeypatch.setattr(jowa.config, "main", bad_input)
+    monkeypatch.setattr(jowa.core.config, "main", bad_input)
     assert cli.main(["check-params"]) == 1
 
 
@@ -172,8 +172,8 @@ def test_import_reference_world_and_tokenizer(tmp_path: Path) -> None:
     import numpy as np
     import torch
 
-    from jowa.checkpoints import load_model
-    from jowa.tokenizer_checkpoints import load_tokenizer
+    from jowa.weights.checkpoints import load_model
+    from jowa.weights.tokenizer_checkpoints import load_tokenizer
 
     spec = json.loads((FIXTURE / "tiny_fixture.json").read_text())
     arch = {"layers": 2, "heads": 2, "width": 64, "q_hidden": 32, "q_ensemble": 2}

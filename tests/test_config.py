@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from jowa.config import (
+from jowa.core.config import (
     FinetuneDataParams,
     Game,
     ParamsError,

@@ -195,7 +195,7 @@ EXPLAIN_SCRIPT = textwrap.dedent(
 
     from jowa.models.batch import Batch
     from jowa.models.world_action import JOWA, JOWAConfig
-    from jowa.config import load_params
+    from jowa.core.config import load_params
     from jowa.train.runtime import Runtime
     from jowa.train.world_step import Stage, WorldTrainer
 

@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 
 from jowa.data import gsutil
-from jowa.data.dopamine_format import checkpoint_filename, write_array
+from jowa.data.dopamine.format import checkpoint_filename, write_array
 from jowa.data.download import DownloadError, download_run, staging_dir
 from jowa.data.episodes import ReplayFormatError
 from jowa.data.manifest import read_manifest, write_manifest

@@ -24,7 +24,7 @@ import yaml
 from test_dag_consistency import ROOT, covered, dvc_view, ledger_workdir
 from test_workflow import job_counts, snakemake
 
-from jowa.dvc_ledger import record_run, stage_targets, stages_brought_up_to_date
+from jowa.jobs.dvc_ledger import record_run, stage_targets, stages_brought_up_to_date
 
 STAGES = ["data", "tokenizer", "pretrain", "finetune", "eval", "report"]
 

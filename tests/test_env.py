@@ -7,11 +7,11 @@ import cv2
 import numpy as np
 import pytest
 
-from jowa import games
-from jowa.errors import JowaError
-from jowa.eval import env as evaluation_env
-from jowa.eval.env import PROTOCOLS, Protocol, UnknownProtocolError, make_env, replay_env
-from jowa.games import UnknownGameError
+from jowa.core import env as evaluation_env
+from jowa.core import games
+from jowa.core.env import PROTOCOLS, Protocol, UnknownProtocolError, make_env, replay_env
+from jowa.core.errors import JowaError
+from jowa.core.games import UnknownGameError
 
 
 def raw_ale(game: str, *, sticky: float, random_seed: int) -> ale_py.ALEInterface:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from jowa.eval.resume import ResumeFile, sigterm_deferred, state_path
+from jowa.planning.resume import ResumeFile, sigterm_deferred, state_path
 
 JOB = {"sha256": {"model": "a" * 64, "tokenizer": "b" * 64}, "game": "Pong", "eval": {"seed": 0}}
 

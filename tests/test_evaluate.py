@@ -18,11 +18,12 @@ import numpy as np
 import pytest
 import torch
 
-from jowa import cli, games
-from jowa.eval.env import make_env
-from jowa.eval.params import EvalParams
-from jowa.eval.play import Episodes
-from jowa.eval.resume import state_path
+from jowa import cli
+from jowa.core import games
+from jowa.core.env import make_env
+from jowa.planning.params import EvalParams
+from jowa.planning.play import Episodes
+from jowa.planning.resume import state_path
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURE = ROOT / "tests" / "reference" / "tiny_fixture"

@@ -1,4 +1,4 @@
-"""Check jowa.games' literal tables against their sources: ale-py, gymnasium and the reference JSON."""
+"""Check jowa.core.games' literal tables against their sources: ale-py, gymnasium and the reference JSON."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import gymnasium
 import numpy as np
 import pytest
 
-from jowa import games
+from jowa.core import games
 
 REFERENCE_SCORES = Path(__file__).resolve().parent / "reference" / "reference_scores.json"
 

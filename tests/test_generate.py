@@ -18,7 +18,10 @@ import cv2
 import numpy as np
 import pytest
 
-from jowa.data.dopamine_format import (
+from jowa.core.env import replay_env
+from jowa.core.errors import OutputExistsError
+from jowa.core.games import UnknownGameError
+from jowa.data.dopamine.format import (
     ALL_KINDS,
     STORE_KINDS,
     STORE_SPECS,
@@ -29,9 +32,6 @@ from jowa.data.dopamine_format import (
 from jowa.data.generate import DopamineReplayWriter, generate_run, run_seed
 from jowa.data.manifest import write_manifest
 from jowa.data.subsample import build_store
-from jowa.errors import OutputExistsError
-from jowa.eval.env import replay_env
-from jowa.games import UnknownGameError
 
 FIXTURE = Path(__file__).resolve().parent / "reference" / "dopamine_fixture"
 RUNS = ["Long/1", "Short/1", "Edge/1"]

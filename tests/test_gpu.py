@@ -12,17 +12,17 @@ import pytest
 import torch
 
 from jowa.cli import main as jowa_main
-from jowa.config import load_params
+from jowa.core.config import load_params
 from jowa.data.token_stores import write_token_store
 from jowa.models.tokenizer import Tokenizer
 from jowa.models.world_action import JOWA
-from jowa.tokenizer_checkpoints import save_tokenizer
 from jowa.train.pretrain import model_config, stage_at
 from jowa.train.run import MetricSums
 from jowa.train.runtime import Runtime
 from jowa.train.segments import DevicePool, open_token_pool
 from jowa.train.train_tokenizer import tokenizer_config
 from jowa.train.world_step import WorldTrainer
+from jowa.weights.tokenizer_checkpoints import save_tokenizer
 
 pytestmark = pytest.mark.gpu
 ROOT = Path(__file__).resolve().parent.parent

@@ -6,10 +6,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from jowa import games
-from jowa.eval.planning import WorldModel
+from jowa.core import games
 from jowa.models.batch import Batch
 from jowa.models.world_action import JOWA, JOWAConfig
+from jowa.planning.search import WorldModel
 from jowa.train.imagination import ImaginedBuffer, imagine, usable_prompts
 
 ARCH = {"layers": 2, "heads": 2, "width": 32, "q_hidden": 32, "q_ensemble": 2}

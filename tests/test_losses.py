@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from jowa.checkpoints import from_reference
-from jowa.games import task_id
+from jowa.core.games import task_id
 from jowa.models.batch import Batch
 from jowa.models.losses import critic_losses, project_distribution, task_action_masks, world_model_losses
 from jowa.models.world_action import JOWA, JOWAConfig, JOWAOutput
+from jowa.weights.checkpoints import from_reference
 
 FIXTURE = Path(__file__).resolve().parent / "reference" / "tiny_fixture"
 TINY_ARCH = {"layers": 2, "heads": 2, "width": 64, "q_hidden": 32, "q_ensemble": 2, "q_dropout": 0.0}

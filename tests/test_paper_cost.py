@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from jowa.config import load_params
+from jowa.core.config import load_params
 
 ROOT = Path(__file__).resolve().parents[1]
 SPEC = importlib.util.spec_from_file_location("paper_cost", ROOT / "benchmarks" / "paper_cost.py")

@@ -11,14 +11,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from jowa import perceptual_weights
-from jowa.config import load_params
+from jowa.core.config import load_params
 from jowa.models.lpips import VGG16_SLICE_ENDS
 from jowa.models.tokenizer import Tokenizer
-from jowa.perceptual_weights import PerceptualWeightsError, lpips_heads_file, perceptual_source
-from jowa.state_files import shapes
-from jowa.tokenizer_checkpoints import load_lpips
 from jowa.train.train_tokenizer import tokenizer_config
+from jowa.weights import perceptual_weights
+from jowa.weights.perceptual_weights import PerceptualWeightsError, lpips_heads_file, perceptual_source
+from jowa.weights.state_files import shapes
+from jowa.weights.tokenizer_checkpoints import load_lpips
 
 ROOT = Path(__file__).resolve().parent.parent
 # torchvision's vgg16().features: conv layers at these indices, then classifier 0, 3, 6

@@ -9,11 +9,11 @@ import math
 import pytest
 import torch
 
-from jowa import games
-from jowa.eval.mcts import C_BASE, C_INIT, MinMax, Node, backup, mcts, select_child
-from jowa.eval.planning import Context, WorldModel, beam_search, greedy
+from jowa.core import games
 from jowa.models.transformer import KVCache
 from jowa.models.world_action import JOWA, JOWAConfig
+from jowa.planning.mcts import C_BASE, C_INIT, MinMax, Node, backup, mcts, select_child
+from jowa.planning.search import Context, WorldModel, beam_search, greedy
 
 ARCH = {"layers": 2, "heads": 2, "width": 32, "q_hidden": 32, "q_ensemble": 2}
 VOCAB = 16

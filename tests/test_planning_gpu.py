@@ -10,8 +10,8 @@ import pytest
 import torch
 from test_planning import contexts, valid_set
 
-from jowa.eval.planning import WorldModel, beam_search, greedy
 from jowa.models.world_action import JOWA, JOWAConfig
+from jowa.planning.search import WorldModel, beam_search, greedy
 
 pytestmark = [
     pytest.mark.gpu,

@@ -12,7 +12,7 @@ import yaml
 from test_workflow import ROOT, job_counts, snakemake, workdir
 
 from jowa import cli
-from jowa.config import check_params
+from jowa.core.config import check_params
 
 FIXTURE = ROOT / "tests" / "reference" / "tiny_fixture"
 

@@ -19,12 +19,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from jowa.data.dopamine_format import META_KINDS, STORE_KINDS, NpyGzReader, checkpoint_filename, list_suffixes
+from jowa.data.dopamine.extract import read_episodes
+from jowa.data.dopamine.format import META_KINDS, STORE_KINDS, NpyGzReader, checkpoint_filename, list_suffixes
+from jowa.data.dopamine.replay import index_run
 from jowa.data.episodes import ReplayFormatError
-from jowa.data.extract import read_episodes
 from jowa.data.generate import DopamineReplayWriter
 from jowa.data.manifest import write_manifest
-from jowa.data.replay import index_run
 from jowa.data.subsample import build_store
 
 FIXTURE = Path(__file__).resolve().parent / "reference" / "dopamine_fixture"

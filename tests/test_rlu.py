@@ -16,18 +16,18 @@ import numpy as np
 import pytest
 
 from jowa.cli import main as jowa_main
+from jowa.data.dopamine.extract import read_episodes
+from jowa.data.dopamine.replay import index_run
 from jowa.data.download import DownloadError, download_run
 from jowa.data.episodes import ReplayFormatError
-from jowa.data.extract import read_episodes
 from jowa.data.generate import DopamineReplayWriter, generate_run
 from jowa.data.manifest import read_manifest, write_manifest
-from jowa.data.replay import index_run
-from jowa.data.rlu_format import Example, decode_episode, encode_episode, num_shards, shard_filename
-from jowa.data.rlu_run import index_rlu_run, write_rlu_run
+from jowa.data.rlu.format import Example, decode_episode, encode_episode, num_shards, shard_filename
+from jowa.data.rlu.run import index_rlu_run, write_rlu_run
+from jowa.data.rlu.tfrecord import masked_crc32c, read_records, write_records
 from jowa.data.runs import open_run
 from jowa.data.store import TrainingStore
 from jowa.data.subsample import build_store
-from jowa.data.tfrecord import masked_crc32c, read_records, write_records
 from jowa.data.verify import RunVerificationError, verify_runs
 
 

@@ -16,10 +16,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from jowa.data.dopamine_format import checkpoint_filename, list_suffixes, load_array
-from jowa.data.extract import read_episodes
+from jowa.data.dopamine.extract import read_episodes
+from jowa.data.dopamine.format import checkpoint_filename, list_suffixes, load_array
+from jowa.data.dopamine.replay import RunIndex, index_run
 from jowa.data.generate import DopamineReplayWriter, generate_run
-from jowa.data.replay import RunIndex, index_run
 
 
 def encoded(step: int) -> np.ndarray:

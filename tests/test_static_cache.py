@@ -9,10 +9,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from jowa import games
-from jowa.eval.planning import WorldModel, beam_search, greedy
+from jowa.core import games
 from jowa.models import transformer
 from jowa.models.world_action import JOWA, JOWAConfig
+from jowa.planning.search import WorldModel, beam_search, greedy
 
 ARCH = {"layers": 2, "heads": 2, "width": 32, "q_hidden": 32, "q_ensemble": 2}
 VOCAB = 16

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from jowa import games
+from jowa.core import games
+from jowa.core.errors import MissingInputError
 from jowa.data.loader import SegmentPool
 from jowa.data.store import StoreError, TrainingStore, segment_index, write_store
-from jowa.errors import MissingInputError
 from jowa.models.losses import critic_losses, world_model_losses
 from jowa.models.world_action import JOWA, JOWAConfig
 

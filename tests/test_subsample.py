@@ -8,12 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from jowa import games
 from jowa.cli import main as jowa_main
-from jowa.data.extract import read_episodes
+from jowa.core import games
+from jowa.data.dopamine.extract import read_episodes
+from jowa.data.dopamine.replay import index_run
 from jowa.data.generate import DopamineReplayWriter
 from jowa.data.manifest import write_manifest
-from jowa.data.replay import index_run
 from jowa.data.store import TrainingStore, segment_mask
 from jowa.data.subsample import SubsampleError, build_store, pick_runs
 

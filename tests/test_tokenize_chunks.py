@@ -8,12 +8,12 @@ import numpy as np
 import torch
 
 from jowa.cli import main as jowa_main
-from jowa.config import load_params
+from jowa.core.config import load_params
 from jowa.data.store import TrainingStore
 from jowa.data.token_stores import write_token_store
 from jowa.models.tokenizer import Tokenizer
-from jowa.tokenizer_checkpoints import save_tokenizer
 from jowa.train.train_tokenizer import tokenizer_config
+from jowa.weights.tokenizer_checkpoints import save_tokenizer
 
 ROOT = Path(__file__).resolve().parent.parent
 

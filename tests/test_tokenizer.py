@@ -13,8 +13,8 @@ import torch
 from jowa.models.lpips import LPIPS
 from jowa.models.tokenizer import PerceptualWeightsUnavailable, Tokenizer
 from jowa.models.tokenizer_config import TokenizerConfig
-from jowa.state_files import CheckpointError
-from jowa.tokenizer_checkpoints import load_lpips, tokenizer_from_reference
+from jowa.weights.state_files import CheckpointError
+from jowa.weights.tokenizer_checkpoints import load_lpips, tokenizer_from_reference
 
 REFERENCE = Path(__file__).resolve().parent / "reference"
 FIXTURE = REFERENCE / "tiny_fixture"

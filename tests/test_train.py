@@ -20,21 +20,21 @@ import pytest
 import torch
 
 from jowa import cli
-from jowa.checkpoints import load_model
-from jowa.config import load_params
+from jowa.core.config import load_params
 from jowa.data.generate import generate_run
 from jowa.data.loader import SegmentPool
 from jowa.data.manifest import write_manifest
 from jowa.data.store import TrainingStore
 from jowa.data.subsample import build_store
 from jowa.models.world_action import JOWA, count_parameters
-from jowa.tokenizer_checkpoints import load_tokenizer
 from jowa.train.params import PretrainParams
 from jowa.train.pretrain import model_config, stage_at
 from jowa.train.run import TrainingDiverged, TrainingRun
 from jowa.train.runtime import Runtime
 from jowa.train.segments import DevicePool
 from jowa.train.world_step import WorldTrainer
+from jowa.weights.checkpoints import load_model
+from jowa.weights.tokenizer_checkpoints import load_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
 GAMES = ("Pong", "Boxing")

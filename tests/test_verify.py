@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from jowa.data.dopamine_format import checkpoint_filename
+from jowa.data.dopamine.format import checkpoint_filename
 from jowa.data.generate import DopamineReplayWriter
 from jowa.data.manifest import verify_against_manifest, write_manifest
 from jowa.data.verify import RunVerificationError, verify_run, verify_runs

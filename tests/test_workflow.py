@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from jowa.checkpoints import load_model
 from jowa.cli import COMMANDS
-from jowa.code_inputs import code_inputs
+from jowa.jobs.code_inputs import code_inputs
+from jowa.weights.checkpoints import load_model
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKFLOW_FILES = ("Snakefile", "params.yaml", "workflow", "config", "profiles")
@@ -253,11 +253,11 @@ def test_local_pipeline_runs_end_to_end_and_reruns_only_what_changed(tmp_path: P
             "data/finetune_set.py",
             {"finetune_set": 3, "finetune": 6, "evaluate_finetuned": 6, "report": 1, "all": 1},
         ),
-        ("eval/planning.py", {"finetune": 6, **EVAL_JOBS, "all": 1}),  # fine-tuning imagines with it
-        ("eval/mcts.py", {"finetune": 6, **EVAL_JOBS, "all": 1}),  # via the selection option
+        ("planning/search.py", {"finetune": 6, **EVAL_JOBS, "all": 1}),  # fine-tuning imagines with it
+        ("planning/mcts.py", {"finetune": 6, **EVAL_JOBS, "all": 1}),  # via the selection option
         ("report/figures.py", {"report": 1, "all": 1}),
         ("data/subsample.py", STORE_JOBS),
-        ("atomic.py", STORE_JOBS),
+        ("core/atomic.py", STORE_JOBS),
     ]:
         path = cwd / "jowa" / module
         original = edited(path)

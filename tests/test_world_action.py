@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 import torch
 
-from jowa.checkpoints import from_reference
 from jowa.models.transformer import flash_attn_func
 from jowa.models.world_action import JOWA, SIZES, JOWAConfig, JOWAOutput, count_parameters
-from jowa.state_files import CheckpointError
+from jowa.weights.checkpoints import from_reference
+from jowa.weights.state_files import CheckpointError
 
 REFERENCE = Path(__file__).resolve().parent / "reference"
 FIXTURE = REFERENCE / "tiny_fixture"

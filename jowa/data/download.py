@@ -21,16 +21,16 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from jowa.config import Source, add_run_arguments, argument_type
+from jowa.core.config import Source, add_run_arguments, argument_type
+from jowa.core.errors import JowaError
 from jowa.data import gsutil
-from jowa.data.dopamine_format import parse_checkpoint_filename, run_path
+from jowa.data.dopamine.format import parse_checkpoint_filename, run_path
 from jowa.data.episodes import ReplayFormatError
 from jowa.data.manifest import file_sizes, manifest_rows, read_manifest, write_manifest_rows
-from jowa.data.rlu_format import num_shards, parse_shard_filename
-from jowa.data.rlu_run import check_shard_set, shard_problems
+from jowa.data.rlu.format import num_shards, parse_shard_filename
+from jowa.data.rlu.run import check_shard_set, shard_problems
 from jowa.data.sources import RLU_GAMES, RLU_PREFIX, Layout, source_layout
 from jowa.data.verify import check_file_set, file_problems, join_problems
-from jowa.errors import JowaError
 
 __all__ = ["DownloadError", "configure_parser", "download_run", "main", "staging_dir"]
 

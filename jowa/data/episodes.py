@@ -1,7 +1,8 @@
 """What both source formats give the data stages: episodes of a run, their per-row arrays, frames.
 
-Dopamine's replay files (`jowa.data.replay`, `jowa.data.extract`) and RL Unplugged's TFRecords
-(`jowa.data.rlu_run`) each index a run into `Episode`s on one time axis and extract their rows into
+Dopamine's replay files (`jowa.data.dopamine.replay`, `jowa.data.dopamine.extract`) and RL Unplugged's
+TFRecords
+(`jowa.data.rlu.run`) each index a run into `Episode`s on one time axis and extract their rows into
 `EpisodeArrays` and their frames into a `FrameSink`; a damaged file of either is a `ReplayFormatError`.
 Kept apart from both so that neither format imports the other.
 """
@@ -13,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from jowa.errors import JowaError
+from jowa.core.errors import JowaError
 
 
 class ReplayFormatError(JowaError, ValueError):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-from jowa.config import (
+from jowa.core.config import (
     FinetuneDataParams,
     ParamsError,
     QualityName,

@@ -8,7 +8,7 @@ that every downstream step (reader, converter, sampler) can consume unchanged. T
   logging rule (log after an `add()` that leaves `add_count % C == C-1`, and a final partial log). It is
   checked array-for-array against files written by Dopamine's own code (tests/test_generate.py).
 * `generate_run` plays a game with ale-py through gymnasium with Dopamine's preprocessing
-  (`jowa.eval.env.replay_env`) and a uniform random policy, and writes one run directory atomically.
+  (`jowa.core.env.replay_env`) and a uniform random policy, and writes one run directory atomically.
 """
 
 from __future__ import annotations
@@ -22,10 +22,11 @@ from typing import Any
 
 import numpy as np
 
-from jowa import games
-from jowa.atomic import add_overwrite_argument, atomic_dir, refuse_existing
-from jowa.config import GenerateParams, add_run_arguments, params_help, parse_section
-from jowa.data.dopamine_format import (
+from jowa.core import games
+from jowa.core.atomic import add_overwrite_argument, atomic_dir, refuse_existing
+from jowa.core.config import GenerateParams, add_run_arguments, params_help, parse_section
+from jowa.core.env import replay_env
+from jowa.data.dopamine.format import (
     FILES_PER_SUFFIX,
     STACK_SIZE,
     STORE_KINDS,
@@ -35,7 +36,6 @@ from jowa.data.dopamine_format import (
     write_array,
 )
 from jowa.data.manifest import write_manifest
-from jowa.eval.env import replay_env
 
 #: gzip level for generated files. Measured on 2000-frame observation arrays of random Pong, SpaceInvaders
 #: and Seaquest: level 6 deflates 24k-31k frames/s, while play yields ~1.5k steps/s, so writing a file

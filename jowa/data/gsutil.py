@@ -22,7 +22,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from jowa.errors import JowaError
+from jowa.core.errors import JowaError
 
 __all__ = [
     "GSUTIL_OPTIONS",

@@ -16,8 +16,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TypedDict
 
-from jowa.atomic import atomic_file
-from jowa.errors import MissingInputError
+from jowa.core.atomic import atomic_file
+from jowa.core.errors import MissingInputError
 
 __all__ = [
     "IGNORED_NAMES",

@@ -12,10 +12,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from jowa.data.dopamine.extract import extract_frames, extract_rows, files_holding
+from jowa.data.dopamine.replay import RunIndex, index_run
 from jowa.data.episodes import Episode, EpisodeArrays, FrameSink
-from jowa.data.extract import extract_frames, extract_rows, files_holding
-from jowa.data.replay import RunIndex, index_run
-from jowa.data.rlu_run import index_rlu_run, is_rlu_run
+from jowa.data.rlu.run import index_rlu_run, is_rlu_run
 
 __all__ = ["DopamineRun", "Run", "open_run"]
 
@@ -51,7 +51,7 @@ class Run(Protocol):
 
 @dataclass
 class DopamineRun:
-    """A DQN-Replay run through `jowa.data.replay` and `jowa.data.extract`."""
+    """A DQN-Replay run through `jowa.data.dopamine.replay` and `jowa.data.dopamine.extract`."""
 
     index: RunIndex
     layout: str = "dqn-replay"

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from jowa.params_base import GENERATE
+from jowa.core.params_base import GENERATE
 
 __all__ = ["RLU_GAMES", "RLU_PREFIX", "Layout", "missing_games", "source_layout"]
 

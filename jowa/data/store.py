@@ -27,8 +27,8 @@ from typing import Any
 
 import numpy as np
 
-from jowa.atomic import atomic_dir
-from jowa.errors import JowaError, MissingInputError
+from jowa.core.atomic import atomic_dir
+from jowa.core.errors import JowaError, MissingInputError
 
 FORMAT_VERSION = 2
 FRAME_SHAPE = (84, 84)
@@ -154,7 +154,7 @@ class StoreWriter:
 def write_store(out: Path | str, transitions: int, *, overwrite: bool = False) -> Iterator[StoreWriter]:
     """Build a store of `transitions` steps at `out`; it appears only once `finish` ran.
 
-    An existing store is refused unless `overwrite` (the policy of `jowa.atomic`).
+    An existing store is refused unless `overwrite` (the policy of `jowa.core.atomic`).
     """
     with atomic_dir(out, overwrite=overwrite) as tmp:
         writer = StoreWriter(tmp, transitions)

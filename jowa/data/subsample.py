@@ -1,7 +1,8 @@
 """Subsampling: from whole DQN-Replay runs to a per-game training store of whole episodes.
 
 Differences from the reference's `downsample.py`, on purpose:
-- runs are stitched in time order first (`jowa.data.replay`), so an episode crossing a file boundary is
+- runs are stitched in time order first (`jowa.data.dopamine.replay`), so an episode crossing a file
+boundary is
   one episode, padding and stale rows are never steps, and episodes cut by a gap or by the run's end
   are skipped instead of being passed off as whole;
 - episodes are drawn without replacement (the reference draws with replacement and stores duplicates)
@@ -23,14 +24,14 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from jowa import games
-from jowa.atomic import add_overwrite_argument, refuse_existing
-from jowa.config import Game, RunId, SubsampleParams, argument_type, params_help, parse_section
+from jowa.core import games
+from jowa.core.atomic import add_overwrite_argument, refuse_existing
+from jowa.core.config import Game, RunId, SubsampleParams, argument_type, params_help, parse_section
+from jowa.core.errors import JowaError, MissingInputError
 from jowa.data.episodes import Episode
 from jowa.data.runs import Run, open_run
 from jowa.data.store import StoreWriter, write_store
 from jowa.data.verify import verify_runs
-from jowa.errors import JowaError, MissingInputError
 
 log = logging.getLogger(__name__)
 

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
+from jowa.core.games import PRETRAIN_GAMES, task_id
 from jowa.data.store import FORMAT_VERSION, TrainingStore
-from jowa.games import PRETRAIN_GAMES, task_id
 
 
 def write_token_store(

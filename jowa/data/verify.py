@@ -18,7 +18,8 @@ import zlib
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from jowa.data.dopamine_format import (
+from jowa.core.errors import JowaError, MissingInputError
+from jowa.data.dopamine.format import (
     ALL_KINDS,
     FILES_PER_SUFFIX,
     STORE_KINDS,
@@ -29,8 +30,7 @@ from jowa.data.dopamine_format import (
 )
 from jowa.data.episodes import ReplayFormatError
 from jowa.data.manifest import read_manifest, verify_against_manifest
-from jowa.data.rlu_run import check_shard_set, is_rlu_run
-from jowa.errors import JowaError, MissingInputError
+from jowa.data.rlu.run import check_shard_set, is_rlu_run
 
 try:  # ISA-L inflates the small arrays several times faster than zlib; same format.
     from isal import igzip as _gzip_impl

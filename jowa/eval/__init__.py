@@ -1,1 +1,1 @@
-"""Evaluation in the Arcade Learning Environment."""
+"""The evaluation phase: `jowa evaluate`, one model on one game, results as JSON."""

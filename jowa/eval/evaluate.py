@@ -1,11 +1,11 @@
 """`jowa evaluate`: play one model on one game, every episode at once, and write the returns as JSON.
 
-The episodes are played by `jowa.eval.play.play` (all at once, batched through the planner).
+The episodes are played by `jowa.planning.play.play` (all at once, batched through the planner).
 
 The score of an episode is the sum of its raw game rewards, the final step's included; the reference
 updates its done mask before adding the last reward and so drops it (spec 7.1). The output records
 every setting, the checkpoint's hash, each episode's actions (as a SHA-256 of their bytes), wall time and
-environment steps per second. A killed or timed-out job resumes where it was (`jowa.eval.resume`).
+environment steps per second. A killed or timed-out job resumes where it was (`jowa.planning.resume`).
 """
 
 from __future__ import annotations
@@ -20,17 +20,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from jowa.atomic import atomic_file
-from jowa.checkpoints import load_model
-from jowa.config import argument_type, params_help, parse_section
-from jowa.eval.env import get_protocol
-from jowa.eval.params import EvalParams, MctsSettings, PlannerSettings, PlanningParams
-from jowa.eval.planning import WorldModel
-from jowa.eval.play import Settings, play
-from jowa.eval.resume import ResumeFile
-from jowa.params_base import Game, ParamsError
-from jowa.tokenizer_checkpoints import load_tokenizer
+from jowa.core.atomic import atomic_file
+from jowa.core.config import argument_type, params_help, parse_section
+from jowa.core.env import get_protocol
+from jowa.core.params_base import Game, ParamsError
+from jowa.planning.params import EvalParams, MctsSettings, PlannerSettings, PlanningParams
+from jowa.planning.play import Settings, play
+from jowa.planning.resume import ResumeFile
+from jowa.planning.search import WorldModel
 from jowa.train.run import sha256_file
+from jowa.weights.checkpoints import load_model
+from jowa.weights.tokenizer_checkpoints import load_tokenizer
 
 PLANNERS = ("greedy", "beam", "mcts")
 

@@ -30,7 +30,7 @@ class Batch:
     rewards: Tensor  # (B, T) float32, clipped to [-1, 1]
     ends: Tensor  # (B, T) int64, 1 on an episode's last step
     mask: Tensor  # (B, T) bool, True on real steps
-    tasks: Tensor  # (B,) int64 task ids (the game's index in jowa.games.GAMES)
+    tasks: Tensor  # (B,) int64 task ids (the game's index in jowa.core.games.GAMES)
 
     def tokens(self) -> Tensor:
         """The model's input, (B, T * (K + 1))."""

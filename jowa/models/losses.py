@@ -14,7 +14,7 @@ from functools import cache
 import torch
 import torch.nn.functional as F
 
-from jowa.games import ACTION_MASKS
+from jowa.core.games import ACTION_MASKS
 from jowa.models.batch import Batch
 from jowa.models.world_action import JOWAOutput, ensemble_probabilities, expected_q
 

@@ -3,7 +3,8 @@
 Written from the paper. Parameter names (``net.sliceK.N.*``, ``linK.model.1.weight``,
 ``scaling_layer.{shift,scale}``) follow the layout of reference tokenizer checkpoints, which carry the
 network under ``lpips.``. The module only defines the network: its pretrained weights are read by
-``jowa.tokenizer_checkpoints.load_lpips``, from the named source ``lpips`` (``jowa.perceptual_weights``)
+``jowa.weights.tokenizer_checkpoints.load_lpips``, from the named source ``lpips``
+(``jowa.weights.perceptual_weights``)
 or from state files.
 """
 
@@ -84,7 +85,8 @@ class LPIPS(nn.Module):
     per channel by a learned 1x1 conv, averaged over space, and summed over layers. Inputs are in [-1, 1];
     one-channel (grayscale) images are repeated to 3 channels. Returns shape (B, 1, 1, 1).
 
-    A new module is randomly initialised (only useful for tests); ``jowa.tokenizer_checkpoints.load_lpips``
+    A new module is randomly initialised (only useful for tests);
+    ``jowa.weights.tokenizer_checkpoints.load_lpips``
     builds one with pretrained weights. Its weights are frozen, but it follows the tokenizer's train/eval
     mode as the reference's does: its heads' dropout (p = 0.5) is on while the tokenizer trains (gotcha 24).
     """

@@ -6,7 +6,7 @@ names follow the reference layout on purpose, so that a reference tokenizer stat
 optionally ``lpips.*``) loads with ``load_state_dict(strict=True)`` and no renaming table. The
 hyper-parameters live in :mod:`jowa.models.tokenizer_config`, the encoder and decoder in
 :mod:`jowa.models.autoencoder`, the perceptual network in
-:mod:`jowa.models.lpips`; reading weights from files is :mod:`jowa.checkpoints`' job.
+:mod:`jowa.models.lpips`; reading weights from files is :mod:`jowa.weights.checkpoints`' job.
 
 Frames enter and leave the public API in [0, 1]; internally the network works in [-1, 1].
 """
@@ -18,7 +18,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
-from jowa.errors import JowaError
+from jowa.core.errors import JowaError
 from jowa.models.autoencoder import Decoder, Encoder
 from jowa.models.lpips import LPIPS
 from jowa.models.tokenizer_config import TokenizerConfig
@@ -36,14 +36,15 @@ COMMITMENT_BETA = 1.0
 
 _NO_WEIGHTS_MESSAGE = (
     "the LPIPS perceptual loss needs pretrained weights (VGG16 features + LPIPS linear heads). Load them "
-    "with jowa.tokenizer_checkpoints.load_lpips(jowa.perceptual_weights.perceptual_source('lpips')) (the "
+    "with jowa.weights.tokenizer_checkpoints.load_lpips("
+    "jowa.weights.perceptual_weights.perceptual_source('lpips')) (the "
     "lpips package's heads + torchvision's VGG16, fetched once into torch's hub cache) or "
     "load_lpips(PATH), and pass the result as Tokenizer(config, perceptual=...) or "
     "tokenizer.load_perceptual(...); PATH (or a list of "
     "paths, merged) is a torch.save / .safetensors / .npz file with keys 'net.sliceK.N.{weight,bias}' and "
     "'linK.model.1.weight' (optionally prefixed 'lpips.', as in a JOWA tokenizer checkpoint; torchvision "
     "'features.N.*' VGG16 keys are accepted too). A reference checkpoint that contains 'lpips.*' keys "
-    "provides them via jowa.tokenizer_checkpoints.tokenizer_from_reference. "
+    "provides them via jowa.weights.tokenizer_checkpoints.tokenizer_from_reference. "
     "Or call compute_loss(..., perceptual=False)."
 )
 
@@ -80,10 +81,9 @@ class Tokenizer(nn.Module):
     """VQ-VAE frame tokenizer (spec section 2): frames in [0, 1] <-> ``tokens_per_frame`` tokens per frame.
 
     ``perceptual``: an optional LPIPS net with pretrained weights
-    (``jowa.tokenizer_checkpoints.load_lpips``); its weights cannot be downloaded here, so without it the
-    perceptual loss is off. When present it is registered as ``lpips`` (frozen), as in reference
-    checkpoints. ``initialize=False`` skips the (QR-heavy) reference init, for callers that overwrite every
-    weight anyway.
+    (``jowa.weights.tokenizer_checkpoints.load_lpips``); without it the perceptual loss is off. When
+    present it is registered as ``lpips`` (frozen), as in reference checkpoints. ``initialize=False``
+    skips the (QR-heavy) reference init, for callers that overwrite every weight anyway.
     """
 
     def __init__(

@@ -29,7 +29,7 @@ from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.transforms import offset_copy  # noqa: E402
 from rliable import library as rly  # noqa: E402
 
-from jowa.atomic import atomic_file  # noqa: E402
+from jowa.core.atomic import atomic_file  # noqa: E402
 from jowa.report.tables import NOT_RUN  # noqa: E402
 
 # Embedding TrueType subsets logs every pruned table at INFO, which drowns a CLI's own INFO output.

@@ -22,8 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from jowa.atomic import atomic_file
-from jowa.released import RELEASED
+from jowa.core.atomic import atomic_file
+from jowa.jobs.released import RELEASED
 from jowa.report import figures
 from jowa.report.results import PROTOCOL, Result, find_results, load_results, published_results
 from jowa.report.scores import Aggregates, aggregate, normalize, reference, run_matrix
@@ -81,8 +81,8 @@ def parameter_count(size: str, models: dict[str, Path]) -> float | None:
     if checkpoint is not None:
         import torch
 
-        from jowa.checkpoints import read_model_metadata
         from jowa.models.world_action import JOWA, JOWAConfig, count_parameters
+        from jowa.weights.checkpoints import read_model_metadata
 
         with torch.device("meta"):
             model = JOWA(JOWAConfig(**read_model_metadata(checkpoint)["config"]))

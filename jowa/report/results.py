@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from jowa.errors import JowaError
+from jowa.core.errors import JowaError
 from jowa.report.scores import distinct_episodes
 
 PROTOCOL = "jowa"  # the paper's, which pretrain/ and finetune/ hold

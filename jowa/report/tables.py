@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from jowa.atomic import atomic_file
+from jowa.core.atomic import atomic_file
 
 NOT_RUN = "not run"
 

@@ -1,0 +1,1 @@
+"""The training phase: tokenizer training, tokenization, pretraining and fine-tuning, resumable."""

@@ -6,7 +6,7 @@ start. With `tune_tokenizer` (the reference's setting) each step first updates t
 `tokenizer_batch` frames drawn from the real steps of the batch, then encodes the batch's frames with it;
 otherwise the set's token array is read, as in pretraining.
 
-Task ids: a held-out game keeps its own id (its index in jowa.games.GAMES) in training and evaluation.
+Task ids: a held-out game keeps its own id (its index in jowa.core.games.GAMES) in training and evaluation.
 The reference remaps held-out games to a pretraining game's id while training (Robotank -> Phoenix, with
 Phoenix's action mask) and not at evaluation (spec gotcha 13); with one id throughout, the embedding
 that is fine-tuned is the one evaluated, and the game's own action mask selects TD targets.
@@ -27,13 +27,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from jowa.checkpoints import load_model, save_model
-from jowa.config import params_help, parse_section
+from jowa.core.config import params_help, parse_section
+from jowa.core.errors import MissingInputError
 from jowa.data.loader import SegmentPool, fetch
 from jowa.data.store import TrainingStore
-from jowa.errors import MissingInputError
 from jowa.models.batch import Batch
-from jowa.tokenizer_checkpoints import load_tokenizer, save_tokenizer
 from jowa.train.imagination import ImaginedBuffer, imagined_segments
 from jowa.train.params import FinetuneParams
 from jowa.train.run import TrainingRun, file_identity, sha256_file, step_generator
@@ -43,6 +41,8 @@ from jowa.train.selection import Selection
 from jowa.train.tokenize import load_tokens
 from jowa.train.tokenizer_step import TokenizerTrainer
 from jowa.train.world_step import Stage, WorldTrainer
+from jowa.weights.checkpoints import load_model, save_model
+from jowa.weights.tokenizer_checkpoints import load_tokenizer, save_tokenizer
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:

@@ -2,7 +2,7 @@
 
 Each step after `imagination.after`, a second batch of real segments is drawn; those whose first
 8 - H steps are real and not terminal become prompts. From each prompt's last real frame the same beam
-search the evaluation uses (`jowa.eval.planning.beam_search`, the model in eval mode) imagines H steps.
+search the evaluation uses (`jowa.planning.search.beam_search`, the model in eval mode) imagines H steps.
 The imagined segment is the prompt's frames, actions and rewards, then the plan's: step t's action is
 the one taken on step t's frame and its reward what that action earned, exactly as in real segments.
 Imagined tokens stay tokens (the reference decodes them to pixels and re-encodes them, lossy, and
@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import torch
 
-from jowa.eval.planning import WorldModel, beam_search
 from jowa.models.batch import Batch, interleave
 from jowa.models.world_action import JOWA
+from jowa.planning.search import WorldModel, beam_search
 from jowa.train.params import ImaginationParams
 
 

@@ -14,7 +14,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 
-from jowa.params_base import Section, Seed
+from jowa.core.params_base import Section, Seed
 
 Positive = Annotated[int, Field(ge=1)]
 LearningRate = Annotated[float, Field(gt=0, le=1)]

@@ -17,14 +17,14 @@ from pathlib import Path
 
 import torch
 
-from jowa.checkpoints import save_model
-from jowa.config import params_help, parse_section
+from jowa.core.config import params_help, parse_section
 from jowa.models.world_action import JOWA, JOWAConfig
 from jowa.train.params import ModelArch, PretrainParams
 from jowa.train.run import TrainingRun, file_identity, sha256_file
 from jowa.train.runtime import runtime
 from jowa.train.segments import open_token_pool, tokenizer_shape
 from jowa.train.world_step import Stage, WorldTrainer
+from jowa.weights.checkpoints import save_model
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:

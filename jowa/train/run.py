@@ -24,8 +24,8 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from jowa.atomic import atomic_file
-from jowa.errors import JowaError
+from jowa.core.atomic import atomic_file
+from jowa.core.errors import JowaError
 from jowa.train.runtime import Runtime, peak_memory_gb, rng_state, set_rng_state
 
 STATE_FILE = "state.pt"

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from jowa.errors import JowaError
+from jowa.core.errors import JowaError
 
 
 class TrainingSetupError(JowaError, ValueError):

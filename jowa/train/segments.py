@@ -17,11 +17,11 @@ from jowa.data.loader import SegmentPool, fetch, pool_device
 from jowa.data.store import TrainingStore
 from jowa.models.batch import Batch
 from jowa.models.tokenizer_config import TokenizerConfig
-from jowa.state_files import read_metadata
-from jowa.tokenizer_checkpoints import TOKENIZER_FORMAT
 from jowa.train.run import local_draw
 from jowa.train.runtime import Runtime, TrainingSetupError
 from jowa.train.tokenize import load_tokens
+from jowa.weights.state_files import read_metadata
+from jowa.weights.tokenizer_checkpoints import TOKENIZER_FORMAT
 
 # Per step besides the tokens: action (1), reward (4), terminal (1), and the segment index (8 + 8 + 8).
 _STEP_OVERHEAD_BYTES = 30

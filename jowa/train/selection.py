@@ -4,7 +4,7 @@ The reference evaluates during fine-tuning and keeps a checkpoint whenever its e
 least 0.8 x the best seen so far (spec 6, gotcha 23). That chooses a model on the very episodes it is
 then scored on, so it is an option, `finetune.selection.rule: best_test_return`, labeled as such in the
 checkpoint's metadata; the default, `final`, keeps the last weights. Evaluation here is `jowa evaluate`'s
-greedy play (`jowa.eval.play.play`) under the protocol and caps in `finetune.selection`.
+greedy play (`jowa.planning.play.play`) under the protocol and caps in `finetune.selection`.
 """
 
 from __future__ import annotations
@@ -13,11 +13,11 @@ from typing import Any
 
 import torch
 
-from jowa.eval.params import EvalParams
-from jowa.eval.planning import WorldModel
-from jowa.eval.play import play
 from jowa.models.tokenizer import Tokenizer
 from jowa.models.world_action import JOWA
+from jowa.planning.params import EvalParams
+from jowa.planning.play import play
+from jowa.planning.search import WorldModel
 from jowa.train.params import SelectionParams
 
 KEEP_RATIO = 0.8  # the reference keeps a checkpoint at >= 0.8 x the best return so far

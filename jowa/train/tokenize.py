@@ -21,13 +21,13 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from jowa.core.errors import MissingInputError
 from jowa.data.loader import to_device
 from jowa.data.store import TrainingStore
-from jowa.errors import MissingInputError
 from jowa.models.tokenizer import Tokenizer
-from jowa.tokenizer_checkpoints import load_tokenizer
 from jowa.train.run import sha256_file
 from jowa.train.runtime import Runtime, runtime
+from jowa.weights.tokenizer_checkpoints import load_tokenizer
 
 TOKEN_DTYPE = np.uint16
 

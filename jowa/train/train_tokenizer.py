@@ -17,17 +17,17 @@ from pathlib import Path
 
 import torch
 
-from jowa.config import params_help, parse_section
+from jowa.core.config import params_help, parse_section
 from jowa.data.store import TrainingStore
 from jowa.models.tokenizer import Tokenizer
 from jowa.models.tokenizer_config import TokenizerConfig
-from jowa.perceptual_weights import perceptual_source
-from jowa.tokenizer_checkpoints import load_lpips, save_tokenizer
 from jowa.train.frames import FrameSampler
 from jowa.train.params import TokenizerParams
 from jowa.train.run import TrainingRun, file_identity
 from jowa.train.runtime import TrainingSetupError, runtime
 from jowa.train.tokenizer_step import TokenizerTrainer
+from jowa.weights.perceptual_weights import perceptual_source
+from jowa.weights.tokenizer_checkpoints import load_lpips, save_tokenizer
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:

@@ -1,20 +1,20 @@
 # Shared helpers: the one params file, the workflow's file layout, run picks, sections and code inputs.
 #
 # How a parameter reaches the code: params.yaml (or the one --configfile given instead) is read and
-# validated here into typed sections (jowa.config); a rule puts the section its command needs into
+# validated here into typed sections (jowa.core.config); a rule puts the section its command needs into
 # `params:` as one JSON string, so Snakemake's params trigger sees every value; the command turns that
-# argument back into the same typed section (`jowa.config.parse_section`) and hands its values, under
+# argument back into the same typed section (`jowa.core.config.parse_section`) and hands its values, under
 # the same key names, to the library, which repeats no default.
 import shlex
 
-from jowa.code_inputs import code_inputs
-from jowa.config import load_params, section_json
-from jowa.params_base import GENERATE
-from jowa.data.dopamine_format import run_path
+from jowa.jobs.code_inputs import code_inputs
+from jowa.core.config import load_params, section_json
+from jowa.core.params_base import GENERATE
+from jowa.data.dopamine.format import run_path
 from jowa.data.sources import source_layout
 from jowa.data.subsample import pick_runs
-from jowa.dvc_ledger import record_run
-from jowa.released import RELEASED
+from jowa.jobs.dvc_ledger import record_run
+from jowa.jobs.released import RELEASED
 
 if workflow.config_settings.config:
     raise ValueError(
@@ -34,7 +34,7 @@ def params_file():
 
 
 def ledger_run():
-    """What the onsuccess hook needs to know of this run to update dvc.lock (`jowa.dvc_ledger.record_run`)."""
+    """What the onsuccess hook needs to know of this run to update dvc.lock (`jowa.jobs.dvc_ledger.record_run`)."""
     dag = workflow.dag_settings
     flags = {"--until": dag.until, "--omit-from": dag.omit_from, "--allowed-rules": dag.allowed_rules}
     flags |= {"--batch": dag.batch, "--target-jobs": dag.target_jobs, "--touch": workflow.touch}

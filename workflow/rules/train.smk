@@ -2,7 +2,7 @@
 #
 # Outputs are the final .safetensors only. Each job's run directory (resumable state.pt, metrics.jsonl,
 # TensorBoard events) sits beside them and is not an output, so Snakemake's cleanup of a killed job keeps
-# it and the rerun resumes. GPU jobs run under `jowa gpu-run` (jowa/gpu_slots.py), which picks the GPUs of
+# it and the rerun resumes. GPU jobs run under `jowa gpu-run` (jowa/jobs/gpu_slots.py), which picks the GPUs of
 # the machine they get ({resources.gpu}: 0 under --resources gpu=0 is the CPU); training commands run one
 # DDP process per GPU when given several. Snakemake sets OMP_NUM_THREADS to the job's threads.
 
@@ -115,7 +115,7 @@ rule import_released_tokenizer:
     """The released tokenizer (params released.tokenizer) in our format."""
     input:
         state=lambda wc: ancient(released_file(PARAMS.released.tokenizer.file)),
-        code=code_inputs("jowa.import_reference"),
+        code=code_inputs("jowa.weights.import_reference"),
     output:
         f"{RELEASED_ROOT}/tokenizer.safetensors",
     params:
@@ -133,7 +133,7 @@ rule import_released_model:
     """One released JOWA (params released.models) in our format."""
     input:
         state=lambda wc: ancient(released_file(PARAMS.released.models[wc.name].file)),
-        code=code_inputs("jowa.import_reference"),
+        code=code_inputs("jowa.weights.import_reference"),
     output:
         f"{RELEASED_ROOT}/{{name}}/model.safetensors",
     wildcard_constraints:
@@ -186,7 +186,7 @@ rule gpu_check:
     """Not part of `all`: `snakemake gpu_check --forcerun gpu_check` before the long jobs checks that a job
     asking for GPUs sees exactly those (profiles/slurm gives it the training jobs' count)."""
     input:
-        code=code_inputs("jowa.gpu_check"),
+        code=code_inputs("jowa.jobs.gpu_check"),
     output:
         "results/gpu_check.json",
     threads: 1

@@ -2,10 +2,11 @@
 
 A run is a sequence of circular-buffer snapshots (see docs: dqn-replay-format §1.5–1.7). `index_run`
 reads each file's small per-row arrays (action, reward, terminal) once, places the file on the run's
-global row axis (`jowa.data.placement`), cuts its new rows into episodes (padding after terminals, gaps,
+global row axis (`jowa.data.dopamine.placement`), cuts its new rows into episodes (padding after
+terminals, gaps,
 the run's end; rows no file holds are a gap only if more than padding is lost) and keeps those rows in
 time order, compactly: actions as uint8 and rewards as int8 (as float32 if a file holds other values
-than -1, 0 and 1), about 2 bytes per row, plus one row number per terminal. `jowa.data.extract` takes
+than -1, 0 and 1), about 2 bytes per row, plus one row number per terminal. `jowa.data.dopamine.extract` takes
 per-row arrays from there and inflates only observation files.
 """
 
@@ -18,9 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
-from jowa.data.dopamine_format import ALL_KINDS, STORE_SPECS, checkpoint_filename, list_suffixes, load_array
+from jowa.data.dopamine.format import ALL_KINDS, STORE_SPECS, checkpoint_filename, list_suffixes, load_array
+from jowa.data.dopamine.placement import PADDING_ROWS, Arrays, ReplayFile, end_row, replay_path
 from jowa.data.episodes import Episode, ReplayFormatError
-from jowa.data.placement import PADDING_ROWS, Arrays, ReplayFile, end_row, replay_path
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ from typing import Annotated
 
 from pydantic import Field
 
-from jowa.params_base import Section
+from jowa.core.params_base import Section
 from jowa.train.params import ModelArch, ModelName, TokenizerArch
 
 RELEASED = "released-"  # a released model's name in evaluation paths and reports: released-40M, ...

@@ -20,7 +20,7 @@ from pathlib import Path
 import google_crc32c
 from isal import igzip
 
-from jowa.atomic import atomic_file
+from jowa.core.atomic import atomic_file
 from jowa.data.episodes import ReplayFormatError
 
 __all__ = ["GZIP_MAGIC", "masked_crc32c", "read_records", "write_records"]

@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from jowa.eval.planning import WorldModel
 from jowa.models.transformer import KVCache
+from jowa.planning.search import WorldModel
 
 C_BASE, C_INIT, MIN_PRIOR = 19652.0, 1.25, 1e-12
 

@@ -6,7 +6,8 @@ its wheel (`lpips/weights/v0.1/vgg.pth`, found through the installed package's f
 importing it: it imports torchvision, which this project does not install), and torchvision's ImageNet
 VGG16 backbone (`vgg16-397923af.pth`), downloaded once into torch's hub cache the way torchvision does
 (`torch.hub.load_state_dict_from_url`, hash-checked). Offline, one line names the file to put there.
-Any other value is a state file path (or several, merged), read by `jowa.tokenizer_checkpoints.load_lpips`.
+Any other value is a state file path (or several, merged), read by
+`jowa.weights.tokenizer_checkpoints.load_lpips`.
 
 Install the package without its dependencies (`pip install --no-deps lpips==0.1.4`; its torchvision
 would replace this project's torch): only its weights file is read.
@@ -20,7 +21,7 @@ from urllib.error import URLError
 
 import torch
 
-from jowa.errors import JowaError, MissingInputError
+from jowa.core.errors import JowaError, MissingInputError
 
 LPIPS_SOURCE = "lpips"
 LPIPS_HEADS = "lpips/weights/v0.1/vgg.pth"

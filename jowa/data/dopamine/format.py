@@ -18,7 +18,7 @@ from typing import BinaryIO
 
 import numpy as np
 
-from jowa.atomic import atomic_file
+from jowa.core.atomic import atomic_file
 from jowa.data.episodes import ReplayFormatError
 
 try:  # ISA-L: same gzip format, much faster inflate.

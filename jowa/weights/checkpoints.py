@@ -1,8 +1,9 @@
 """World-action model checkpoints: our safetensors format and the import of reference-layout weights.
 
 Our format is one `.safetensors` file: the weights (online and target Q heads included, so training
-resumes exactly) plus the model config and free-form metadata in its header (`jowa.state_files`). The
-attention backend is not saved: it is chosen when loading. Tokenizer files: `jowa.tokenizer_checkpoints`.
+resumes exactly) plus the model config and free-form metadata in its header (`jowa.weights.state_files`). The
+attention backend is not saved: it is chosen when loading. Tokenizer files:
+`jowa.weights.tokenizer_checkpoints`.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import torch
 from jowa.models.token_layout import TokenLayout
 from jowa.models.transformer import AttentionBackend
 from jowa.models.world_action import JOWA, JOWAConfig, QEnsemble
-from jowa.state_files import (
+from jowa.weights.state_files import (
     CheckpointError,
     as_tensor,
     check_state_dict,

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import numpy as np
 
-from jowa.data.dopamine_format import NpyGzReader
+from jowa.data.dopamine.format import NpyGzReader
+from jowa.data.dopamine.placement import PADDING_ROWS, ReplayFile, check_observation_header
+from jowa.data.dopamine.replay import RunIndex, index_run
 from jowa.data.episodes import Episode, EpisodeArrays, FrameSink
-from jowa.data.placement import PADDING_ROWS, ReplayFile, check_observation_header
-from jowa.data.replay import RunIndex, index_run
 
 
 def _pieces(index: RunIndex, start: int, stop: int) -> Iterator[tuple[ReplayFile, int, int]]:

@@ -13,10 +13,10 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from jowa import checkpoints, tokenizer_checkpoints
 from jowa.models.tokenizer_config import TokenizerConfig
 from jowa.models.world_action import SIZES, JOWAConfig, count_parameters
-from jowa.state_files import CheckpointError, load_state_file
+from jowa.weights import checkpoints, tokenizer_checkpoints
+from jowa.weights.state_files import CheckpointError, load_state_file
 
 log = logging.getLogger(__name__)
 

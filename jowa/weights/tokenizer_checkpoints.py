@@ -1,6 +1,7 @@
 """Tokenizer weights: our tokenizer files, reference-layout tokenizers and the LPIPS net's weights.
 
-Apart from `jowa.checkpoints` (the world-action model), so that the tokenizer's commands do not depend on
+Apart from `jowa.weights.checkpoints` (the world-action model), so that the tokenizer's commands do not
+depend on
 the world model's code: editing the transformer reruns no tokenizer training.
 """
 
@@ -17,7 +18,7 @@ import torch
 from jowa.models.lpips import LPIPS, VGG16_SLICE_ENDS
 from jowa.models.tokenizer import Tokenizer
 from jowa.models.tokenizer_config import TokenizerConfig
-from jowa.state_files import (
+from jowa.weights.state_files import (
     CheckpointError,
     as_tensor,
     check_state_dict,

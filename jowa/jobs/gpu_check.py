@@ -18,8 +18,8 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from jowa.atomic import atomic_file
-from jowa.errors import JowaError
+from jowa.core.atomic import atomic_file
+from jowa.core.errors import JowaError
 
 
 class GpuCheckError(JowaError, RuntimeError):

@@ -22,8 +22,8 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from jowa.atomic import atomic_file
-from jowa.state_files import UNREADABLE, reason
+from jowa.core.atomic import atomic_file
+from jowa.weights.state_files import UNREADABLE, reason
 
 #: Bumped when the saved layout changes, so that an old state is ignored rather than misread.
 FORMAT = 1

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import yaml
 
-from jowa.errors import JowaError
+from jowa.core.errors import JowaError
 
 DVC_PARAMS_FILE = "params.yaml"
 

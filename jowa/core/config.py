@@ -20,9 +20,7 @@ from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
-from jowa.data.sources import missing_games
-from jowa.eval.params import EvalParams, PlanningParams
-from jowa.params_base import (
+from jowa.core.params_base import (
     UNIQUE,
     Fraction,
     Game,
@@ -35,7 +33,9 @@ from jowa.params_base import (
     Window,
     unique,
 )
-from jowa.released import RELEASED, ReleasedParams
+from jowa.data.sources import missing_games
+from jowa.jobs.released import RELEASED, ReleasedParams
+from jowa.planning.params import EvalParams, PlanningParams
 from jowa.train.params import FinetuneParams, ModelArch, ModelName, PretrainParams, TokenizerParams
 
 

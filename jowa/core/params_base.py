@@ -1,6 +1,6 @@
 """The building blocks of params sections: the strict base model, shared value types, the error type.
 
-Kept apart from `jowa.config` so that every section module (data in `jowa.config`, training in
+Kept apart from `jowa.core.config` so that every section module (data in `jowa.core.config`, training in
 `jowa.train.params`) builds on the same types without importing each other.
 """
 
@@ -10,8 +10,8 @@ from typing import Annotated
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
-from jowa import games
-from jowa.errors import JowaError
+from jowa.core import games
+from jowa.core.errors import JowaError
 
 GENERATE = "generate"
 

@@ -37,7 +37,7 @@ import time
 from contextlib import suppress
 from pathlib import Path
 
-from jowa.errors import JowaError
+from jowa.core.errors import JowaError
 
 log = logging.getLogger(__name__)
 

@@ -18,14 +18,14 @@ from pathlib import Path
 import numpy as np
 
 from jowa.data.episodes import Episode, EpisodeArrays, FrameSink, ReplayFormatError
-from jowa.data.rlu_format import (
+from jowa.data.rlu.format import (
     decode_episode,
     decode_frames,
     encode_episode,
     parse_shard_filename,
     shard_filename,
 )
-from jowa.data.tfrecord import read_records, write_records
+from jowa.data.rlu.tfrecord import read_records, write_records
 
 log = logging.getLogger(__name__)
 
@@ -188,7 +188,7 @@ def index_rlu_run(replay_dir: Path | str) -> RluRun:
 def write_rlu_run(
     episodes: Iterable[tuple[Episode, EpisodeArrays, np.ndarray]], out_dir: Path, run: int, shards: int
 ) -> None:
-    """Write episodes (as `jowa.data.extract.read_episodes` yields them) as RL Unplugged shards.
+    """Write episodes (as `jowa.data.dopamine.extract.read_episodes` yields them) as RL Unplugged shards.
 
     Each episode goes to the shard of its `position`; one not known to be whole (cut, or after a gap)
     is written without the terminal step, as RL Unplugged writes a cut episode. For tests and

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from jowa.data.dopamine_format import STACK_SIZE, NpyGzReader, checkpoint_filename
+from jowa.data.dopamine.format import STACK_SIZE, NpyGzReader, checkpoint_filename
 from jowa.data.episodes import ReplayFormatError
 
 log = logging.getLogger(__name__)

@@ -25,8 +25,8 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from jowa.atomic import atomic_file
-from jowa.errors import JowaError, MissingInputError
+from jowa.core.atomic import atomic_file
+from jowa.core.errors import JowaError, MissingInputError
 
 # What the parsers raise on a corrupt, truncated or foreign file.
 UNREADABLE = (

@@ -17,12 +17,12 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from jowa import games
-from jowa.eval.env import EnvHistory, env_state, make_env, restore_env_state
-from jowa.eval.mcts import mcts
-from jowa.eval.params import EvalParams, MctsSettings, PlannerSettings
-from jowa.eval.planning import Context, WorldModel, beam_search, greedy
-from jowa.eval.resume import ResumeFile, sigterm_deferred
+from jowa.core import games
+from jowa.core.env import EnvHistory, env_state, make_env, restore_env_state
+from jowa.planning.mcts import mcts
+from jowa.planning.params import EvalParams, MctsSettings, PlannerSettings
+from jowa.planning.resume import ResumeFile, sigterm_deferred
+from jowa.planning.search import Context, WorldModel, beam_search, greedy
 
 Settings = PlannerSettings | MctsSettings | None  # greedy has none
 
@@ -59,7 +59,7 @@ class Episodes:
             self.active.remove(index)
 
     def state_dict(self) -> dict[str, Any]:
-        """Everything the remaining steps depend on, environments included, for `jowa.eval.resume`."""
+        """Everything the remaining steps depend on, environments included, for `jowa.planning.resume`."""
         envs = [env_state(env, history) for env, history in zip(self.envs, self.histories, strict=True)]
         return {
             "envs": envs, "frames": [f.copy() for f in self.frames],

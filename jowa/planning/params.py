@@ -13,7 +13,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field
 
-from jowa.params_base import Game, Section, Seed
+from jowa.core.params_base import Game, Section, Seed
 
 Positive = Annotated[int, Field(ge=1)]
 ContextSteps = Annotated[int, Field(ge=1, le=8)]
@@ -50,7 +50,7 @@ class EvalParams(Section):
     """autocast dtype of the model on a GPU; CPUs run float32"""
     checkpoint_every: Positive
     """agent steps (of the whole batch) between saves of the resumable state beside the output; a killed
-    job loses at most this many, a SIGTERM'd one none (`jowa.eval.resume`)"""
+    job loses at most this many, a SIGTERM'd one none (`jowa.planning.resume`)"""
 
 
 class MctsSettings(Section):

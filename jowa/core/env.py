@@ -30,8 +30,8 @@ from collections import deque
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from jowa import games
-from jowa.errors import JowaError
+from jowa.core import games
+from jowa.core.errors import JowaError
 
 if TYPE_CHECKING:
     import gymnasium  # imported lazily at run time: ALE is only needed when an env is made
@@ -82,7 +82,7 @@ def make_env(
     """An evaluation env under `protocol` with uint8 (84, 84) observations.
 
     The action space is ALE's full 18-action set, whose order (`ale_py.Action` 0..17, returned by
-    `getLegalActionSet`) is `jowa.games.FULL_ACTIONS`, so an action index is the same for the env, the
+    `getLegalActionSet`) is `jowa.core.games.FULL_ACTIONS`, so an action index is the same for the env, the
     model and `games.ACTION_MASKS`. An episode ends with `truncated=True` after `max_steps` agent steps
     (default: the protocol's cap); ALE's own per-episode frame limit is switched off so that it can never
     cut an episode first. `seed` seeds ALE (its RNG draws the sticky actions) as `reset(seed=seed)`

@@ -23,7 +23,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
-from jowa.errors import OutputExistsError
+from jowa.core.errors import OutputExistsError
 
 __all__ = ["add_overwrite_argument", "atomic_dir", "atomic_file", "refuse_existing", "sweep_stale_siblings"]
 

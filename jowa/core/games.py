@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from jowa.errors import JowaError
+from jowa.core.errors import JowaError
 
 # Alphabetical, as in the DQN-Replay dataset; a game's task id is its index (the JOWA task embedding
 # index), so this order must never change.

@@ -1,0 +1,1 @@
+"""Weight files: our JOWA and tokenizer checkpoints, state-file reading, the reference import."""
