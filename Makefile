@@ -7,6 +7,9 @@ PYTHON ?= python3
 VENV ?= .venv
 TORCH ?= torch==2.13.0
 TORCH_INDEX ?=
+# Test files run in parallel, one file per worker at a time (module fixtures such as the DVC pipeline are
+# built once); `make test TEST_WORKERS=0` runs them in this process.
+TEST_WORKERS ?= auto
 BIN := $(abspath $(VENV))/bin
 export PATH := $(BIN):$(PATH)
 
@@ -30,4 +33,4 @@ run: $(VENV)/.installed
 test: $(VENV)/.installed
 	ruff check .
 	ruff format --check .
-	python -m pytest -q
+	python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=15

@@ -85,13 +85,19 @@ def test_generate_onto_an_existing_run_is_refused_in_one_line(tmp_path: Path) ->
     assert (tmp_path / "replay_logs").is_dir() and (tmp_path / "1.tsv").read_text() != manifest
 
 
+def _default_sigint() -> None:
+    """Ctrl-C as in a terminal: a parent may ignore SIGINT (pytest-xdist's workers, a `cmd &` of a
+    script), and a Python started so never turns it into KeyboardInterrupt."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start_long_generate(out: Path) -> tuple[subprocess.Popen, Path]:
     """`jowa data generate` of a run far too long to finish, once its temporary directory has a file."""
     params = json.dumps({**GENERATE, "steps_per_run": 10**7})
     proc = subprocess.Popen(
         ["jowa", "-q", "data", "generate", "--params", params, "--game", "Pong", "--run", "1",
          "--out", str(out / "replay_logs"), "--manifest", str(out / "1.tsv")],
-        stderr=subprocess.PIPE, text=True,
+        stderr=subprocess.PIPE, text=True, preexec_fn=_default_sigint,
     )  # fmt: skip
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and proc.poll() is None:
@@ -111,7 +117,10 @@ def test_a_stopped_job_removes_its_temporary_output(tmp_path: Path, sig: int, st
     out = tmp_path / "Pong" / "1"
     proc, _ = start_long_generate(out)
     proc.send_signal(sig)
-    _, stderr = proc.communicate(timeout=60)
+    try:
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
     assert proc.returncode == status, stderr
     assert f"jowa data generate: stopped by {name}; unfinished outputs were discarded" in stderr
     assert "Traceback" not in stderr
