@@ -3,11 +3,10 @@
 A run is a sequence of circular-buffer snapshots (see docs: dqn-replay-format §1.5–1.7). `index_run`
 reads each file's small per-row arrays (action, reward, terminal) once, places the file on the run's
 global row axis (`jowa.data.dopamine.placement`), cuts its new rows into episodes (padding after
-terminals, gaps,
-the run's end; rows no file holds are a gap only if more than padding is lost) and keeps those rows in
-time order, compactly: actions as uint8 and rewards as int8 (as float32 if a file holds other values
-than -1, 0 and 1), about 2 bytes per row, plus one row number per terminal. `jowa.data.dopamine.extract` takes
-per-row arrays from there and inflates only observation files.
+terminals, gaps, the run's end) and keeps those rows in time order, compactly: actions as uint8 and
+rewards as int8 (as float32 if a file holds other values than -1, 0 and 1), about 2 bytes per row, plus
+one row number per terminal. `jowa.data.dopamine.extract` takes per-row arrays from there and inflates
+only observation files.
 """
 
 from __future__ import annotations
@@ -108,20 +107,6 @@ class _EpisodeSplitter:
         self._close(self.last_row + 1, truncated=True)
         self.pads_due = 0
         self.after_gap = True
-
-    def missing(self, rows: int) -> bool:
-        """The next `rows` rows are in no file; return whether anything real is lost (a gap).
-
-        Nothing is when they all are padding still due: after a terminal (or at the run's start) the
-        writer always adds `PADDING_ROWS` zero rows before the next episode's first step, so a skipped
-        log that lost only those leaves the episodes on both sides whole.
-        """
-        if rows <= self.pads_due:
-            self.pads_due -= rows
-            self.last_row += rows
-            return False
-        self.gap()
-        return True
 
     def _close(self, stop: int, truncated: bool) -> None:
         if self.open_start is not None:
@@ -258,19 +243,12 @@ def index_run(replay_dir: Path | str) -> RunIndex:
                 "%s: the first checkpoint had wrapped before any log: the run's start is unknown", path
             )
             splitter.gap()
-        if file.first_row > emitted and splitter.missing(file.first_row - emitted):
+        if file.first_row > emitted:
             index.gaps.append((emitted, file.first_row))
             log.warning(
                 "%s: rows %d..%d are in no file (a skipped or missing log)", path, emitted, file.first_row - 1
             )
-        elif file.first_row > emitted:
-            log.info(
-                "%s: rows %d..%d are in no file, but they are padding before an episode's first step: "
-                "nothing is lost",
-                path,
-                emitted,
-                file.first_row - 1,
-            )
+            splitter.gap()
         index.held[position], terminals = _split_new_rows(splitter, replay_dir, file, arrays)
         terminal_rows.append(terminals)
         index.files.append(file)
