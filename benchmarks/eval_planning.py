@@ -42,6 +42,7 @@ from jowa.core import games
 from jowa.core.config import load_params
 from jowa.models.tokenizer import Tokenizer
 from jowa.models.world_action import JOWA
+from jowa.planning import play as play_module
 from jowa.planning.params import PlannerSettings
 from jowa.planning.play import play
 from jowa.planning.search import Context, WorldModel, beam_search, greedy
@@ -88,6 +89,18 @@ def play_timed(world: WorldModel, tokenizer: Any, params: Any, settings: Planner
             "start": time.time() - seconds, "end": time.time()}  # fmt: skip
 
 
+def loop_timed(world: WorldModel, tokenizer: Any, params: Any, settings: PlannerSettings | None,
+               game: str, episodes: int) -> dict[str, Any]:  # fmt: skip
+    """`play_timed` with the planner swapped for action 0 (NOOP, valid in every game) on the device: the
+    loop around the planner alone (frames up, tokenizer, contexts, batches, the action transfer, ALE)."""
+    planner = play_module.choose
+    play_module.choose = lambda world, tokens, tasks, settings, gamma: tasks.new_zeros(len(tasks))
+    try:
+        return play_timed(world, tokenizer, params, settings, game, episodes)
+    finally:
+        play_module.choose = planner
+
+
 def write(out: TextIO, record: dict[str, Any]) -> None:
     line = json.dumps(record)
     print(line, flush=True)
@@ -128,6 +141,12 @@ def planning(args: argparse.Namespace, out: TextIO) -> None:
             play_timed(world, tokenizer, warm, settings, args.game, episodes)
         together = play_timed(world, tokenizer, params, settings, args.game, args.episodes)
         batched = record(planner, settings, world, True, together, args.episodes)
+        loop = loop_timed(world, tokenizer, params, settings, args.game, args.episodes)
+        loop_ms = 1000 * loop["seconds"] / loop["agent_steps"]
+        batched |= {
+            "loop_ms_per_agent_step": loop_ms,
+            "planner_ms_per_agent_step": batched["ms_per_agent_step"] - loop_ms,
+        }
         write(out, batched)
         singles = [play_timed(world, tokenizer, params, settings, args.game, 1) for _ in range(args.single)]
         total = {key: sum(single[key] for single in singles) for key in ("env_steps", "seconds")}
