@@ -43,9 +43,10 @@ from jowa.core.config import load_params
 from jowa.models.tokenizer import Tokenizer
 from jowa.models.world_action import JOWA
 from jowa.planning import play as play_module
+from jowa.planning.contexts import Contexts
 from jowa.planning.params import PlannerSettings
 from jowa.planning.play import play
-from jowa.planning.search import Context, WorldModel, beam_search, greedy
+from jowa.planning.search import WorldModel, beam_search, greedy
 from jowa.train.pretrain import model_config
 from jowa.train.train_tokenizer import tokenizer_config
 
@@ -170,14 +171,12 @@ def planner_calls(world: WorldModel, args: argparse.Namespace, beam: PlannerSett
     generator = torch.Generator().manual_seed(0)
 
     def batch(steps: int) -> torch.Tensor:
-        rows = []
-        for _ in range(args.episodes):
-            context = Context(steps)
-            for _ in range(steps):
-                context.observe(torch.randint(world.model.config.obs_vocab, (36,), generator=generator))
-                context.act(0)
-            rows.append(context.tokens(steps))
-        return torch.stack(rows).to(world.device)
+        contexts, everyone = Contexts(args.episodes, steps, world.device), range(args.episodes)
+        for _ in range(steps):
+            frames = torch.randint(world.model.config.obs_vocab, (args.episodes, 36), generator=generator)
+            contexts.observe(everyone, frames.to(world.device))
+            contexts.act(everyone, torch.zeros(args.episodes, dtype=torch.long, device=world.device))
+        return contexts.batch(everyone, steps)
 
     tasks = torch.full((args.episodes,), task, device=world.device)
     plan_tokens, greedy_tokens = batch(min(beam.context, 8 - beam.horizon)), batch(args.greedy_context)
