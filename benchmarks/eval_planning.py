@@ -20,7 +20,9 @@ aggregate env-steps/s.
 
 Records are JSON lines, each written and flushed when measured (a time limit keeps what was done):
 `planner`, `size`, `episodes`, `batched`, `ms_per_agent_step` (one batched call serves every episode;
-one at a time, a step of one episode), `env_steps_per_s`, `gpu_max_allocated_gb`. Targets (issue 20):
+one at a time, a step of one episode), `env_steps_per_s`, `gpu_max_allocated_gb`; batched ones also
+`loop_ms_per_agent_step` (the same play with the planner swapped for NOOP: the loop around it) and
+`planner_ms_per_agent_step` (the rest). Targets (issue 20):
 batched beam K=2 H=2 on JOWA-150M <= 25 ms per agent step and >= 8x one at a time; greedy <= 5 ms.
 Default output `benchmarks/results/eval_planning[_TAG].jsonl`, the profile beside it (`.profile.txt`).
 Not run in CI.
