@@ -20,7 +20,9 @@ aggregate env-steps/s.
 
 Records are JSON lines, each written and flushed when measured (a time limit keeps what was done):
 `planner`, `size`, `episodes`, `batched`, `ms_per_agent_step` (one batched call serves every episode;
-one at a time, a step of one episode), `env_steps_per_s`, `gpu_max_allocated_gb`. Targets (issue 20):
+one at a time, a step of one episode), `env_steps_per_s`, `gpu_max_allocated_gb`; batched ones also
+`loop_ms_per_agent_step` (the same play with the planner swapped for NOOP: the loop around it) and
+`planner_ms_per_agent_step` (the rest). Targets (issue 20):
 batched beam K=2 H=2 on JOWA-150M <= 25 ms per agent step and >= 8x one at a time; greedy <= 5 ms.
 Default output `benchmarks/results/eval_planning[_TAG].jsonl`, the profile beside it (`.profile.txt`).
 Not run in CI.
@@ -42,9 +44,11 @@ from jowa.core import games
 from jowa.core.config import load_params
 from jowa.models.tokenizer import Tokenizer
 from jowa.models.world_action import JOWA
+from jowa.planning import play as play_module
+from jowa.planning.contexts import Contexts
 from jowa.planning.params import PlannerSettings
 from jowa.planning.play import play
-from jowa.planning.search import Context, WorldModel, beam_search, greedy
+from jowa.planning.search import WorldModel, beam_search, greedy
 from jowa.train.pretrain import model_config
 from jowa.train.train_tokenizer import tokenizer_config
 
@@ -88,6 +92,18 @@ def play_timed(world: WorldModel, tokenizer: Any, params: Any, settings: Planner
             "start": time.time() - seconds, "end": time.time()}  # fmt: skip
 
 
+def loop_timed(world: WorldModel, tokenizer: Any, params: Any, settings: PlannerSettings | None,
+               game: str, episodes: int) -> dict[str, Any]:  # fmt: skip
+    """`play_timed` with the planner swapped for action 0 (NOOP, valid in every game) on the device: the
+    loop around the planner alone (frames up, tokenizer, contexts, batches, the action transfer, ALE)."""
+    planner = play_module.choose
+    play_module.choose = lambda world, tokens, tasks, settings, gamma: tasks.new_zeros(len(tasks))
+    try:
+        return play_timed(world, tokenizer, params, settings, game, episodes)
+    finally:
+        play_module.choose = planner
+
+
 def write(out: TextIO, record: dict[str, Any]) -> None:
     line = json.dumps(record)
     print(line, flush=True)
@@ -128,6 +144,12 @@ def planning(args: argparse.Namespace, out: TextIO) -> None:
             play_timed(world, tokenizer, warm, settings, args.game, episodes)
         together = play_timed(world, tokenizer, params, settings, args.game, args.episodes)
         batched = record(planner, settings, world, True, together, args.episodes)
+        loop = loop_timed(world, tokenizer, params, settings, args.game, args.episodes)
+        loop_ms = 1000 * loop["seconds"] / loop["agent_steps"]
+        batched |= {
+            "loop_ms_per_agent_step": loop_ms,
+            "planner_ms_per_agent_step": batched["ms_per_agent_step"] - loop_ms,
+        }
         write(out, batched)
         singles = [play_timed(world, tokenizer, params, settings, args.game, 1) for _ in range(args.single)]
         total = {key: sum(single[key] for single in singles) for key in ("env_steps", "seconds")}
@@ -151,14 +173,12 @@ def planner_calls(world: WorldModel, args: argparse.Namespace, beam: PlannerSett
     generator = torch.Generator().manual_seed(0)
 
     def batch(steps: int) -> torch.Tensor:
-        rows = []
-        for _ in range(args.episodes):
-            context = Context(steps)
-            for _ in range(steps):
-                context.observe(torch.randint(world.model.config.obs_vocab, (36,), generator=generator))
-                context.act(0)
-            rows.append(context.tokens(steps))
-        return torch.stack(rows).to(world.device)
+        contexts, everyone = Contexts(args.episodes, steps, world.device), range(args.episodes)
+        for _ in range(steps):
+            frames = torch.randint(world.model.config.obs_vocab, (args.episodes, 36), generator=generator)
+            contexts.observe(everyone, frames.to(world.device))
+            contexts.act(everyone, torch.zeros(args.episodes, dtype=torch.long, device=world.device))
+        return contexts.batch(everyone, steps)
 
     tasks = torch.full((args.episodes,), task, device=world.device)
     plan_tokens, greedy_tokens = batch(min(beam.context, 8 - beam.horizon)), batch(args.greedy_context)

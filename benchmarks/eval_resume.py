@@ -1,10 +1,10 @@
 """What a resumable evaluation costs: ALE per agent step, and saving and restoring the state of 16 envs.
 
 Steps `--episodes` real ALE environments (`jowa.planning.play.Episodes`, as `jowa evaluate` does, without
-a model: contexts get zero tokens, actions are random valid ones) for `--steps` agent steps under each
-protocol, then saves the whole state (`Episodes.state_dict`, the ε generator) with `jowa.planning.resume` and
-restores it into fresh environments. Reports ms per agent step of the environments alone (the host's
-share of every evaluation step, whatever the planner), ms per save and per restore, and the state's size.
+a model: actions are random valid ones) for `--steps` agent steps under each protocol, then saves the
+whole state (`Episodes.state_dict`, the ε generator) with `jowa.planning.resume` and restores it into
+fresh environments. Reports ms per agent step of the environments alone (the host's share of every
+evaluation step, whatever the planner), ms per save and per restore, and the state's size.
 The environment rate, with the planner's per-step cost, gives the SLURM profile's evaluation times.
 
     python benchmarks/eval_resume.py            # 16 episodes, 300 steps, Pong; JSON to benchmarks/results/
@@ -21,7 +21,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from jowa.core import games
 from jowa.planning.params import EvalParams
@@ -37,11 +36,9 @@ def measure(protocol: str, game: str, episodes: int, steps: int) -> dict:
     played = Episodes(game, params, context=8)
     valid = np.flatnonzero(games.ACTION_MASKS[games.task_id(game)])
     rng = np.random.default_rng(0)
-    tokens = torch.zeros(36, dtype=torch.long)
     start = time.perf_counter()
     for _ in range(steps):
         for index in list(played.active):
-            played.contexts[index].observe(tokens)
             played.step(index, int(rng.choice(valid)))
     step_s = (time.perf_counter() - start) / steps
     with tempfile.TemporaryDirectory() as tmp:

@@ -101,7 +101,6 @@ def test_returns_sum_every_raw_reward_including_the_last_step() -> None:
     rng = np.random.default_rng(0)
     rewards = []
     while episodes.active:
-        episodes.contexts[0].observe(torch.zeros(36, dtype=torch.long))
         action = int(rng.choice([0, 1, 3, 4, 11, 12]))
         episodes.step(0, action)
         rewards.append(plain.step(action)[1])

@@ -12,8 +12,9 @@ import torch
 from jowa.core import games
 from jowa.models.transformer import KVCache
 from jowa.models.world_action import JOWA, JOWAConfig
+from jowa.planning.contexts import Contexts
 from jowa.planning.mcts import C_BASE, C_INIT, MinMax, Node, backup, mcts, select_child
-from jowa.planning.search import Context, WorldModel, beam_search, greedy
+from jowa.planning.search import WorldModel, beam_search, greedy
 
 ARCH = {"layers": 2, "heads": 2, "width": 32, "q_hidden": 32, "q_ensemble": 2}
 VOCAB = 16
@@ -34,32 +35,17 @@ def contexts(count: int, steps: int, game: str, seed: int = 0) -> tuple[torch.Te
     """`count` random contexts of `steps` steps (valid actions of `game`) and their task ids."""
     generator = torch.Generator().manual_seed(seed)
     valid = torch.tensor(games.ACTION_MASKS[games.task_id(game)]).nonzero().squeeze(1)
-    rows = []
-    for _ in range(count):
-        context = Context(8)
+    held = Contexts(count, 8, "cpu")
+    for row in range(count):
         for _ in range(steps):
-            context.observe(torch.randint(VOCAB, (36,), generator=generator))
-            context.act(int(valid[torch.randint(len(valid), (1,), generator=generator)]))
-        context.observe(torch.randint(VOCAB, (36,), generator=generator))
-        rows.append(context.tokens(steps + 1))
-    return torch.stack(rows), torch.full((count,), games.task_id(game))
+            held.observe([row], torch.randint(VOCAB, (1, 36), generator=generator))
+            held.act([row], valid[torch.randint(len(valid), (1,), generator=generator)])
+        held.observe([row], torch.randint(VOCAB, (1, 36), generator=generator))
+    return held.batch(range(count), steps + 1), torch.full((count,), games.task_id(game))
 
 
 def valid_set(game: str) -> list[int]:
     return [a for a, ok in enumerate(games.ACTION_MASKS[games.task_id(game)]) if ok]
-
-
-def test_context_is_last_steps_with_the_current_action_missing() -> None:
-    context = Context(3)
-    for step in range(5):
-        context.observe(torch.full((36,), step))
-        context.act(10 + step)
-    context.observe(torch.full((36,), 5))
-    tokens = context.tokens(3)
-    assert tokens.shape == (3 * 37 - 1,)
-    assert tokens[:37].tolist() == [3] * 36 + [13] and tokens[37:74].tolist() == [4] * 36 + [14]
-    assert tokens[74:].tolist() == [5] * 36
-    assert context.tokens(8).shape == (3 * 37 - 1,)  # only what it holds
 
 
 @pytest.mark.parametrize(("game", "width"), [("Pong", 6), ("Atlantis", 4), ("Pong", 9)])

@@ -1,17 +1,26 @@
 """The planner on CUDA (`pytest -m gpu`; skipped without a GPU): the CPU equalities again, with CUDA graphs
-on, graphs against eager passes, and no host sync inside a planner call."""
+on, graphs against eager passes, no host sync inside a planner call, and one per agent step of play."""
 
 from __future__ import annotations
 
 import copy
 import itertools
+import warnings
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from test_planning import contexts, valid_set
 
+from jowa.core import games
+from jowa.core.config import load_params
+from jowa.models.tokenizer import Tokenizer
 from jowa.models.world_action import JOWA, JOWAConfig
+from jowa.planning.params import PlannerSettings
+from jowa.planning.play import Episodes, FrameUpload, _agent_step
 from jowa.planning.search import WorldModel, beam_search, greedy
+from jowa.train.train_tokenizer import tokenizer_config
 
 pytestmark = [
     pytest.mark.gpu,
@@ -20,6 +29,7 @@ pytestmark = [
 
 ARCH = {"layers": 2, "heads": 2, "width": 32, "q_hidden": 32, "q_ensemble": 2}
 VOCAB = 16
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def tiny_model() -> JOWA:
@@ -95,3 +105,42 @@ def test_a_planner_call_makes_no_host_sync(graphs: bool) -> None:
     finally:
         torch.cuda.set_sync_debug_mode("default")
     assert set(plan.first_actions.tolist()) | set(actions.tolist()) <= set(valid_set("Seaquest"))
+
+
+@pytest.mark.parametrize("planner", ["greedy", "beam"])
+def test_an_agent_step_waits_for_the_device_once(planner: str) -> None:
+    """Frames up from pinned memory, tokens, contexts and batches on the device, ε applied on the host: the
+    one synchronizing call of an agent step is the chosen actions' copy to the host (the `.tolist()`).
+    `set_sync_debug_mode` warns on every synchronizing call, blocking uploads from pageable memory too."""
+    params = load_params(ROOT / "config" / "smoke.yaml")
+    torch.manual_seed(0)
+    model = JOWA(JOWAConfig.from_arch(ARCH, obs_vocab=params.tokenizer.arch.vocab_size)).cuda()
+    world = WorldModel(model, bf16=True, graphs=True)
+    tokenizer = Tokenizer(tokenizer_config(params.tokenizer)).cuda().eval()
+    settings = PlannerSettings(beam_width=2, horizon=2, context=4) if planner == "beam" else None
+    context = params.eval.greedy_context if settings is None else settings.context
+    steps = context if settings is None else min(context, 8 - settings.horizon)
+    eval_params = params.eval.model_copy(update={"episodes": 3, "epsilon": 0.5})
+    episodes = Episodes("Pong", eval_params, context, world.device)
+    upload = FrameUpload(3, episodes.frames[0].shape, world.device)
+    task = games.task_id("Pong")
+    valid, rng = np.flatnonzero(games.ACTION_MASKS[task]), np.random.default_rng(0)
+
+    def agent_step() -> int:
+        return _agent_step(world, tokenizer, episodes, upload, steps, task, valid, rng, eval_params, settings,
+                           None)  # fmt: skip
+
+    agent_step()  # the first kernels, the graph captures
+    torch.cuda.synchronize()
+    syncs = []
+    for _ in range(3):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            torch.cuda.set_sync_debug_mode("warn")
+            try:
+                assert agent_step() == 3
+            finally:
+                torch.cuda.set_sync_debug_mode("default")
+        syncs.append(sum("synchronizing CUDA operation" in str(warning.message) for warning in caught))
+    assert syncs == [1, 1, 1]
+    assert episodes.lengths == [4, 4, 4] and episodes.contexts.held == [min(4, context)] * 3

@@ -5,6 +5,10 @@ tokenizer call and chooses their actions in one planner call (beam search batche
 candidates, MCTS, or greedy), then steps each environment. A finished episode leaves the batch. With
 probability `epsilon` an episode takes a uniformly random valid action instead (the reference's 0.001).
 It sits below training and evaluation alike: fine-tuning's checkpoint selection plays greedy episodes.
+
+On a GPU a step waits for the device once: the frames go up asynchronously from pinned memory, tokens,
+contexts and batches stay on the device (`jowa.planning.contexts`), and only the chosen actions come
+back, which the environments need; the ε draws are applied to them on the host.
 """
 
 from __future__ import annotations
@@ -19,10 +23,11 @@ from tqdm import tqdm
 
 from jowa.core import games
 from jowa.core.env import EnvHistory, env_state, make_env, restore_env_state
+from jowa.planning.contexts import Contexts
 from jowa.planning.mcts import mcts
 from jowa.planning.params import EvalParams, MctsSettings, PlannerSettings
 from jowa.planning.resume import ResumeFile, sigterm_deferred
-from jowa.planning.search import Context, WorldModel, beam_search, greedy
+from jowa.planning.search import WorldModel, beam_search, greedy
 
 Settings = PlannerSettings | MctsSettings | None  # greedy has none
 
@@ -30,14 +35,16 @@ Settings = PlannerSettings | MctsSettings | None  # greedy has none
 class Episodes:
     """The environments, contexts and running totals of every episode of one evaluation."""
 
-    def __init__(self, game: str, params: EvalParams, context: int) -> None:
+    def __init__(
+        self, game: str, params: EvalParams, context: int, device: torch.device | str = "cpu"
+    ) -> None:
         self.envs = [
             make_env(game, params.protocol, seed=params.seed + i, max_steps=params.max_steps)
             for i in range(params.episodes)
         ]
         self.frames = [env.reset(seed=params.seed + i)[0] for i, env in enumerate(self.envs)]
         self.histories = [EnvHistory(env) for env in self.envs]
-        self.contexts = [Context(context) for _ in self.envs]
+        self.contexts = Contexts(len(self.envs), context, device)
         self.returns = [0.0] * len(self.envs)
         self.lengths = [0] * len(self.envs)
         self.truncated = [False] * len(self.envs)
@@ -47,8 +54,8 @@ class Episodes:
         self.earlier_s = 0.0  # wall seconds the interrupted runs spent up to their saved state
 
     def step(self, index: int, action: int) -> None:
+        """Take `action` in episode `index` (its context has it already: the planner wrote it there)."""
         self.actions[index].append(action)
-        self.contexts[index].act(action)
         frame, reward, terminated, truncated, _ = self.envs[index].step(action)
         self.histories[index].record(action)
         self.returns[index] += float(reward)
@@ -63,7 +70,7 @@ class Episodes:
         envs = [env_state(env, history) for env, history in zip(self.envs, self.histories, strict=True)]
         return {
             "envs": envs, "frames": [f.copy() for f in self.frames],
-            "contexts": [list(context.steps) for context in self.contexts], "returns": list(self.returns),
+            "contexts": self.contexts.state_dict(), "returns": list(self.returns),
             "lengths": list(self.lengths), "truncated": list(self.truncated), "active": list(self.active),
             "actions": [bytes(a) for a in self.actions], "resumed_at": list(self.resumed_at),
         }  # fmt: skip
@@ -71,9 +78,7 @@ class Episodes:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         for env, history, saved in zip(self.envs, self.histories, state["envs"], strict=True):
             restore_env_state(env, history, saved)
-        for context, steps in zip(self.contexts, state["contexts"], strict=True):
-            context.steps.clear()
-            context.steps.extend(steps)
+        self.contexts.load_state_dict(state["contexts"])
         self.frames = list(state["frames"])
         self.returns, self.lengths = list(state["returns"]), list(state["lengths"])
         self.truncated, self.active = list(state["truncated"]), list(state["active"])
@@ -110,7 +115,8 @@ def play(
     """
     context = params.greedy_context if settings is None else settings.context
     steps = context if settings is None else min(context, 8 - settings.horizon)
-    episodes = Episodes(game, params, context)
+    episodes = Episodes(game, params, context, world.device)
+    upload = FrameUpload(len(episodes.envs), episodes.frames[0].shape, world.device)
     task = games.task_id(game)
     valid = np.flatnonzero(games.ACTION_MASKS[task])
     rng = np.random.default_rng(params.seed)
@@ -136,7 +142,9 @@ def play(
         bar = tqdm(desc=f"{game} {planner}", unit="step", disable=not progress, mininterval=2.0,
                    initial=sum(episodes.lengths))  # fmt: skip
         while episodes.active:
-            played = _agent_step(world, tokenizer, episodes, steps, task, valid, rng, params, settings, video)
+            played = _agent_step(
+                world, tokenizer, episodes, upload, steps, task, valid, rng, params, settings, video
+            )
             step += 1
             bar.update(played)
             bar.set_postfix(episodes_left=len(episodes.active))
@@ -153,33 +161,55 @@ def play(
     return episodes
 
 
+class FrameUpload:
+    """Frames (uint8 arrays) to the device as one batch: on a GPU asynchronously, through a pinned
+    staging buffer of every episode's frame; on the CPU they are only stacked."""
+
+    def __init__(self, episodes: int, shape: tuple[int, ...], device: torch.device) -> None:
+        self.device = device
+        cuda = device.type == "cuda"
+        self.staging = torch.empty((episodes, *shape), dtype=torch.uint8, pin_memory=True) if cuda else None
+        self.copied = torch.cuda.Event() if cuda else None
+
+    def __call__(self, frames: list[np.ndarray]) -> torch.Tensor:
+        if self.staging is None or self.copied is None:
+            return torch.from_numpy(np.stack(frames))
+        self.copied.synchronize()  # the last step's copy is done (its action transfer waited for it)
+        staged = self.staging[: len(frames)]
+        np.stack(frames, out=staged.numpy())
+        on_device = staged.to(self.device, non_blocking=True)
+        self.copied.record()
+        return on_device
+
+
 def _agent_step(
-    world: WorldModel, tokenizer: Any, episodes: Episodes, steps: int, task: int, valid: np.ndarray,
-    rng: np.random.Generator, params: EvalParams, settings: Settings, video: list[np.ndarray] | None,
+    world: WorldModel, tokenizer: Any, episodes: Episodes, upload: FrameUpload, steps: int, task: int,
+    valid: np.ndarray, rng: np.random.Generator, params: EvalParams, settings: Settings,
+    video: list[np.ndarray] | None,
 ) -> int:  # fmt: skip
     """One step of every unfinished episode (encode their frames, choose their actions, step their envs);
-    returns how many were stepped."""
-    device = world.device
+    returns how many were stepped. Reads one thing back from the device: the chosen actions."""
+    device, contexts = world.device, episodes.contexts
     active = list(episodes.active)
     if video is not None and 0 in active:
         video.append(episodes.frames[0])
-    frames = torch.from_numpy(np.stack([episodes.frames[i] for i in active])).to(device)
+    frames = upload([episodes.frames[i] for i in active])
     with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=world.bf16):
-        # Contexts are kept on the host: assembling them there is a few cheap copies, where on a GPU
-        # it would be dozens of tiny kernels per step; each batch then moves in one transfer.
-        tokens = tokenizer.encode(frames.unsqueeze(1).float().div_(255)).cpu()
-    for row, index in enumerate(active):
-        episodes.contexts[index].observe(tokens[row])
+        contexts.observe(active, tokenizer.encode(frames.unsqueeze(1).float().div_(255)))
     # Episodes started together hold equally long contexts; grouping keeps any mix correct.
     groups: dict[int, list[int]] = {}
     for index in active:
-        groups.setdefault(min(steps, len(episodes.contexts[index].steps)), []).append(index)
+        groups.setdefault(min(steps, contexts.held[index]), []).append(index)
+    chosen = []
     for held, members in groups.items():
-        batch = torch.stack([episodes.contexts[i].tokens(held) for i in members]).to(device)
         tasks = torch.full((len(members),), task, device=device)
-        actions = choose(world, batch, tasks, settings, params.gamma).tolist()
-        for index, action in zip(members, actions, strict=True):
-            if rng.random() < params.epsilon:
-                action = int(rng.choice(valid))
-            episodes.step(index, action)
+        actions = choose(world, contexts.batch(members, held), tasks, settings, params.gamma)
+        contexts.act(members, actions)
+        chosen.append(actions)
+    order = [index for members in groups.values() for index in members]
+    for index, action in zip(order, torch.cat(chosen).tolist(), strict=True):  # the one device->host copy
+        if rng.random() < params.epsilon:
+            action = int(rng.choice(valid))
+            contexts.replace_action(index, action)
+        episodes.step(index, action)
     return len(active)

@@ -1,20 +1,18 @@
-"""Acting with a JOWA model: the agent's rolling context, greedy action choice and beam-search planning.
+"""Acting with a JOWA model: greedy action choice and beam-search planning.
 
 Everything is batched over episodes (and, in the planner, over beam candidates): one model call serves
 every episode of a game at once, the world model steps imagined candidates through batched KV caches,
 and finished episodes simply leave the batch. Decoding is greedy (spec 5.3): observation tokens and the
 reward class are argmaxes; the predicted termination is ignored, as in the reference.
 
-Context (spec 5.1): each episode keeps its last `context` steps, each a frame's 36 tokens and the action
-taken on it; the current step's action is missing, so a context of G steps is G * 37 - 1 tokens whose
-positions restart at 0. The beam planner uses at most 8 - H steps so that H imagined steps fit in the
-model's 8-step window.
+A planner takes contexts (spec 5.1) as tokens (B, G * 37 - 1): G steps of a frame's 36 tokens and the
+action taken on it, the current step's action missing (`jowa.planning.contexts` keeps them). The beam
+planner uses at most 8 - H steps so that H imagined steps fit in the model's 8-step window.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -23,29 +21,6 @@ import torch
 from jowa.models.losses import action_mask_table
 from jowa.models.transformer import KVCache
 from jowa.models.world_action import JOWA, ensemble_probabilities, expected_q
-
-
-class Context:
-    """One episode's last steps: (36 frame tokens, action or None for the current step)."""
-
-    def __init__(self, capacity: int) -> None:
-        self.steps: deque[tuple[torch.Tensor, int | None]] = deque(maxlen=capacity)
-
-    def observe(self, frame_tokens: torch.Tensor) -> None:
-        self.steps.append((frame_tokens, None))
-
-    def act(self, action: int) -> None:
-        tokens, _ = self.steps[-1]
-        self.steps[-1] = (tokens, action)
-
-    def tokens(self, steps: int) -> torch.Tensor:
-        """The last `steps` steps (fewer early on) as model tokens, ending with the current frame."""
-        kept = list(self.steps)[-steps:]
-        parts = []
-        for tokens, action in kept[:-1]:
-            parts += [tokens, tokens.new_tensor([action])]
-        parts.append(kept[-1][0])
-        return torch.cat(parts)
 
 
 class WorldModel:
