@@ -176,6 +176,36 @@ def test_runs_placed_by_the_seam_come_back(
     assert index.start_unknown == (len(add_counts) == 1) and len(index.gaps) == 1
 
 
+# Runs whose log skipped before the partial last file lost only one or two padding rows after a terminal
+# (the file then shows the rest of that padding and the step after it): no gap there, and the episodes on
+# both sides come back whole. Once with no-op steps, which only the frames tell from padding.
+LOST_PADDING_SHAPES = {
+    "one-step-episodes-lose-one-padding-row": (7, [1] * 7, [20, 0]),
+    "two-padding-rows-lost-after-a-one-step-episode": (7, [1, 1, 2, 1, 2], [13, 1]),
+    "one-padding-row-lost-after-two-full-files": (10, [2, 2, 1, 2, 1, 1, 1], [9, 19, 1]),
+    "one-padding-row-lost-among-short-episodes": (17, [2, 2, 2, 1, 2, 2, 1, 2, 1, 2, 1], [33, 0]),
+}
+
+
+@pytest.mark.parametrize("action", [noop, varied], ids=["noop", "varied"])
+@pytest.mark.parametrize(
+    ("capacity", "lengths", "add_counts"), LOST_PADDING_SHAPES.values(), ids=LOST_PADDING_SHAPES.keys()
+)
+def test_runs_that_lost_only_padding_come_back_whole_around_it(
+    tmp_path: Path, capacity: int, lengths: list[int], add_counts: list[int], action: Callable
+) -> None:
+    written = write_run(tmp_path, capacity, lengths, action)
+    logged = [
+        int(load_array(tmp_path / checkpoint_filename("add_count", s)))
+        for s in sorted(list_suffixes(tmp_path))
+    ]
+    assert logged == add_counts
+    index = check_round_trip(tmp_path, written)
+    last_full, partial = index.files[-2:]
+    assert 0 < partial.first_row - last_full.end_row < 3  # rows no file holds: lost padding
+    assert all(stop <= last_full.end_row for _, stop in index.gaps)  # no gap before the partial file
+
+
 def fuzz_shape(rng: np.random.Generator) -> tuple[int, list[int], Callable[[int], int]]:
     """A small run: capacity, episode lengths (one-step episodes in every mix) and an action pattern."""
     capacity = int(rng.integers(5, 25))
