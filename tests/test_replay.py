@@ -20,7 +20,14 @@ import numpy as np
 import pytest
 
 from jowa.data.dopamine.extract import read_episodes
-from jowa.data.dopamine.format import META_KINDS, STORE_KINDS, NpyGzReader, checkpoint_filename, list_suffixes
+from jowa.data.dopamine.format import (
+    META_KINDS,
+    STORE_KINDS,
+    NpyGzReader,
+    checkpoint_filename,
+    list_suffixes,
+    load_array,
+)
 from jowa.data.dopamine.replay import index_run
 from jowa.data.episodes import ReplayFormatError
 from jowa.data.generate import DopamineReplayWriter
@@ -285,3 +292,111 @@ def test_rewards_other_than_minus_one_zero_one_come_back_exactly(tmp_path: Path)
     rewrite(replay_dir / checkpoint_filename("reward", 0), change)
     first, rows, _ = next(read_episodes(replay_dir))
     assert first.start_row == 3 and rows.rewards.dtype == np.float32 and rows.rewards[7] == 0.25
+
+
+# A skipped log before the partial last file. At capacity 10 the first log (add_count 9) comes after the
+# first episode's last step in slot 8. The episode after it ends so that the next one's padding runs over
+# slot 8 of the next wrap: that wrap's log is skipped (Dopamine checks add_count only after each add()
+# call), and the run ends one step later, so the final log lacks the rows written in slots 9, 0, ...
+# right after the first log. `frame_ids` lists each episode's steps by the id its frame encodes (the
+# fixture's encoding, see `step_ids`), None for a step on a black screen, all zero like padding.
+BLACK = None
+
+
+def write_episodes(replay_dir: Path, frame_ids: list[list[int | None]], noop: bool) -> list[int]:
+    """Write episodes (the last one not ended, like a run stopped mid-episode); return each log's count."""
+    writer = DopamineReplayWriter(replay_dir, capacity=10, compresslevel=1)
+    for k, ids in enumerate(frame_ids):
+        for t, step in enumerate(ids):
+            frame = np.zeros((84, 84), np.uint8)
+            if step is not BLACK:
+                frame[0, :3] = (step % 255 + 1, step // 255, 7)
+            action = 0 if noop or step is BLACK else 1 + step % 5
+            writer.add(frame, action, 0.0, t == len(ids) - 1 and k < len(frame_ids) - 1)
+    writer.finish()
+    return [
+        int(load_array(replay_dir / checkpoint_filename("add_count", s)))
+        for s in sorted(list_suffixes(replay_dir))
+    ]
+
+
+def read_back(replay_dir: Path) -> list[tuple[bool, list[int]]]:
+    return [(episode.truncated, step_ids(frames)) for episode, _, frames in read_episodes(replay_dir)]
+
+
+@pytest.mark.parametrize("noop", [True, False], ids=["noop", "varied"])
+@pytest.mark.parametrize("lost", [1, 2])
+def test_rows_lost_that_are_only_padding_are_no_gap(tmp_path: Path, lost: int, noop: bool) -> None:
+    """The rows lost are the first `lost` padding rows before the second episode's first step: the file
+    shows the rest of that padding and the step after it, so both episodes are whole."""
+    episodes = [list(range(6)), list(range(6, 9 + lost)), [20]]  # steps in rows 3-8, 12-(14+lost), 18+lost
+    assert write_episodes(tmp_path, episodes, noop) == [9, lost - 1]  # the log at count 19 was skipped
+    index = index_run(tmp_path)
+    assert (index.files[0].end_row, index.files[1].first_row) == (9, 9 + lost)  # rows no file holds
+    assert index.gaps == [] and index.files[1].end_row == 19 + lost
+    assert [(e.truncated, e.after_gap) for e in index.episodes] == [(False, False)] * 2 + [(True, False)]
+    assert read_back(tmp_path) == [(False, episodes[0]), (False, episodes[1]), (True, episodes[2])]
+
+
+@pytest.mark.parametrize(
+    ("episodes", "lost"),
+    [
+        ([list(range(7)), list(range(7, 10)), [20]], [9]),  # the first episode's terminal step
+        ([list(range(7)), list(range(7, 11)), [20]], [9, 10]),  # that and a padding row
+        # a step on a black screen, then two more: in every field they look like padding
+        ([[*range(6), BLACK, BLACK, BLACK, *range(6, 10)], [20]], [9]),
+    ],
+    ids=["terminal-step", "terminal-step-and-padding", "black-screen-steps"],
+)
+def test_a_lost_step_beside_lost_padding_is_still_a_gap(tmp_path: Path, episodes: list, lost: list) -> None:
+    """The same shape, but a step is lost too: a gap that cuts the episode before it and the one after."""
+    write_episodes(tmp_path, episodes, noop=True)
+    index = index_run(tmp_path)
+    assert index.gaps == [(lost[0], lost[-1] + 1)]
+    assert [(e.start_row, e.length, e.truncated) for e in index.episodes][0] == (3, 6, True)
+    assert all(e.truncated for e in index.episodes) and index.episodes[1].after_gap
+    assert read_back(tmp_path)[0] == (True, list(range(6)))
+
+
+def test_padding_lost_up_to_the_step_is_a_gap_as_a_lost_wrap_looks_the_same(tmp_path: Path) -> None:
+    """All three padding rows before an episode's first step lost look like a whole wrap lost, steps and
+    all: two runs write the same files, so the reader reports the gap for both."""
+    only_padding = [list(range(6)), list(range(10, 16)), [30]]  # steps in rows 3-8, 12-17, 21
+    # rows 12-17 hold another episode, and the files' rows 22-27 are the tail of a longer one
+    wrap_more = [list(range(6)), list(range(40, 46)), [50, *range(10, 16)], [30]]
+    counts = [
+        write_episodes(tmp_path / name, eps, noop=False)
+        for name, eps in [("a", only_padding), ("b", wrap_more)]
+    ]
+    assert counts == [[9, 2], [9, 2]]
+    for suffix in (0, 1):
+        for kind in (*STORE_KINDS, *META_KINDS):
+            name = checkpoint_filename(kind, suffix)
+            assert np.array_equal(load_array(tmp_path / "a" / name), load_array(tmp_path / "b" / name))
+    for name in ("a", "b"):
+        index = index_run(tmp_path / name)
+        assert index.gaps == [(9, 12)]
+        assert read_back(tmp_path / name) == [
+            (False, list(range(6))),
+            (True, list(range(10, 16))),
+            (True, [30]),
+        ]
+
+
+def test_a_wrap_lost_behind_what_could_be_lost_padding_is_a_gap(tmp_path: Path) -> None:
+    """One-step episodes every four rows at capacity 19: two wraps' logs are skipped, and the partial last
+    file is placed as if one were, two rows after the last full file's terminal. Its oldest rows are the
+    padding and step of a later episode, not the rest of the padding after that terminal: a gap."""
+    writer = DopamineReplayWriter(tmp_path, capacity=19, compresslevel=1)
+    for step in range(24):
+        frame = np.zeros((84, 84), np.uint8)
+        frame[0, :3] = (step + 1, 0, 7)
+        writer.add(frame, 0, 0.0, True)
+    writer.finish()
+    assert writer.add_count == 96
+    index = index_run(tmp_path)
+    assert [f.end_row for f in index.files] == [56, 77]  # 19 rows more than the placement says are lost
+    assert index.gaps == [(0, 37), (56, 58)]
+    assert read_back(tmp_path) == [(True, [9])] + [(False, [s]) for s in range(10, 14)] + [(True, [19])] + [
+        (False, [s]) for s in range(20, 24)
+    ]

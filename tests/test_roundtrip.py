@@ -52,6 +52,26 @@ class Written:
     held_rows: set[int]  # rows some file holds: a log at count T holds rows [T - C, T)
     add_count: int
 
+    def seen_padding(self) -> set[int]:
+        """Rows no file holds that the reader can know to be padding, no step: a run of lost rows that are
+        all padding, between a held terminal and the rest of that padding in a file (only a log skipped
+        before the partial last file loses so few rows, and no file is deleted here). Lost padding up to
+        its step, or the run's first padding, shows nothing of itself: a whole wrap more lost looks the
+        same, so that is a gap (or an unknown start), like lost steps."""
+        steps = {r for ep_rows in self.rows for r in ep_rows}
+        terminals = {ep_rows[-1] for ep_rows in self.rows}
+        lost = np.array(sorted(set(range(self.add_count)) - self.held_rows), int)
+        seen: set[int] = set()
+        for run in np.split(lost, np.flatnonzero(np.diff(lost) > 1) + 1) if lost.size else []:
+            before, after = int(run[0]) - 1, int(run[-1]) + 1
+            if (
+                steps.isdisjoint(run.tolist())
+                and before in self.held_rows & terminals
+                and after in self.held_rows - steps
+            ):
+                seen.update(run.tolist())
+        return seen
+
 
 def write_run(
     replay_dir: Path, capacity: int, lengths: list[int], action: Callable[[int], int] = varied
@@ -90,18 +110,20 @@ def check_round_trip(replay_dir: Path, written: Written) -> RunIndex:
     if index.start_unknown:
         assert 0 not in written.held_rows or only_full
     # an episode comes back whole exactly when every row from the previous episode's terminal (the run's
-    # start, for the first) to its own terminal is held, and then it is exactly what was written
+    # start, for the first) to its own terminal is held, or is lost padding the reader can see to be
+    # padding (`seen_padding`), and then it is exactly what was written
+    accounted = written.held_rows | written.seen_padding()
     expected_whole = [
         ep_steps
         for k, (ep_steps, ep_rows) in enumerate(zip(written.steps, written.rows, strict=True))
         if (k > 0 or not index.start_unknown)
-        and written.held_rows.issuperset(range(written.rows[k - 1][-1] if k else 0, ep_rows[-1] + 1))
+        and accounted.issuperset(range(written.rows[k - 1][-1] if k else 0, ep_rows[-1] + 1))
     ]
     assert [decoded(frames) for ep, _, frames in read if not ep.truncated] == expected_whole
 
-    # rows are lost exactly when a gap or an unknown start is reported, and the last file is placed at the
-    # writer's count (up to whole wraps lost in a gap, which no file can tell)
-    lost = len(written.held_rows) < written.add_count
+    # rows other than seen padding are lost exactly when a gap or an unknown start is reported, and the
+    # last file is placed at the writer's count (up to whole wraps lost in a gap, which no file can tell)
+    lost = len(accounted) < written.add_count
     assert bool(index.gaps or index.start_unknown) == (lost or only_full)
     if not (index.gaps or index.start_unknown):
         assert index.files[-1].end_row == written.add_count
@@ -152,6 +174,36 @@ def test_runs_placed_by_the_seam_come_back(
     assert logged == add_counts
     index = check_round_trip(tmp_path, written)
     assert index.start_unknown == (len(add_counts) == 1) and len(index.gaps) == 1
+
+
+# Runs whose log skipped before the partial last file lost only one or two padding rows after a terminal
+# (the file then shows the rest of that padding and the step after it): no gap there, and the episodes on
+# both sides come back whole. Once with no-op steps, which only the frames tell from padding.
+LOST_PADDING_SHAPES = {
+    "one-step-episodes-lose-one-padding-row": (7, [1] * 7, [20, 0]),
+    "two-padding-rows-lost-after-a-one-step-episode": (7, [1, 1, 2, 1, 2], [13, 1]),
+    "one-padding-row-lost-after-two-full-files": (10, [2, 2, 1, 2, 1, 1, 1], [9, 19, 1]),
+    "one-padding-row-lost-among-short-episodes": (17, [2, 2, 2, 1, 2, 2, 1, 2, 1, 2, 1], [33, 0]),
+}
+
+
+@pytest.mark.parametrize("action", [noop, varied], ids=["noop", "varied"])
+@pytest.mark.parametrize(
+    ("capacity", "lengths", "add_counts"), LOST_PADDING_SHAPES.values(), ids=LOST_PADDING_SHAPES.keys()
+)
+def test_runs_that_lost_only_padding_come_back_whole_around_it(
+    tmp_path: Path, capacity: int, lengths: list[int], add_counts: list[int], action: Callable
+) -> None:
+    written = write_run(tmp_path, capacity, lengths, action)
+    logged = [
+        int(load_array(tmp_path / checkpoint_filename("add_count", s)))
+        for s in sorted(list_suffixes(tmp_path))
+    ]
+    assert logged == add_counts
+    index = check_round_trip(tmp_path, written)
+    last_full, partial = index.files[-2:]
+    assert 0 < partial.first_row - last_full.end_row < 3  # rows no file holds: lost padding
+    assert all(stop <= last_full.end_row for _, stop in index.gaps)  # no gap before the partial file
 
 
 def fuzz_shape(rng: np.random.Generator) -> tuple[int, list[int], Callable[[int], int]]:

@@ -5,10 +5,11 @@ stores `T` as its `add_count`. The partial last file stores only the cursor `T %
 count after the previous file's that is congruent to it, or a capacity later if a log was skipped in
 between. Whether one was is read from slot C-2 (see `_log_skipped`), never from how alike two files
 look: zero rows (padding, or a no-op step with no reward) match by coincidence. Suffix numbers only
-order the files and show which are missing.
+order the files and show which are missing. A skipped log loses rows; when the file shows that they were
+only the padding before an episode's first step, they are no gap (see `_lost_only_padding`).
 
 Everything here works on the small per-row arrays, which the caller reads once per file; the frames of
-a few slots are read only in the rare runs whose small arrays cannot place a file.
+a few slots are read only in the rare runs whose small arrays cannot place a file or tell lost padding.
 """
 
 from __future__ import annotations
@@ -43,6 +44,15 @@ class ReplayFile:
         return max(0, self.end_row - self.first_row)
 
 
+@dataclass(frozen=True)
+class Placement:
+    """Where a file ends on the run's row axis, and what that says about the rows no file holds before it."""
+
+    end_row: int  # rows the buffer had seen when the file was written
+    start_unknown: bool = False  # the run's only file had wrapped: every earlier log was skipped
+    lost_only_padding: bool = False  # the rows lost just before it are padding still due, no step
+
+
 def replay_path(replay_dir: Path, kind: str, suffix: int) -> Path:
     return replay_dir / checkpoint_filename(kind, suffix)
 
@@ -54,9 +64,8 @@ def end_row(
     arrays: Arrays,
     previous: tuple[ReplayFile, Arrays] | None,
     last: bool,
-) -> tuple[int, bool]:
-    """Rows the buffer had seen when this file was written; and whether rows before the run's first file
-    are unknown (its only file had wrapped, so every earlier log was skipped)."""
+) -> Placement:
+    """Where this file ends, given the previous file (None for the run's first) and its arrays."""
     capacity = len(arrays["terminal"])
     path = replay_path(replay_dir, "add_count", suffix)
     if add_count >= capacity or (add_count == capacity - 1 and previous is None):  # a full log
@@ -65,15 +74,15 @@ def end_row(
                 f"{path}: add_count {add_count} is not one less than a multiple of the capacity "
                 f"{capacity}, as every full checkpoint's is (Dopamine logs once slot C-2 is filled)"
             )
-        return add_count, False
+        return Placement(add_count)
     if not last:
         raise ReplayFormatError(
             f"{path}: add_count {add_count} is below the capacity {capacity}, which only the last "
             f"checkpoint of a run may have"
         )
     if previous is None:  # the only file: a run shorter than the capacity, or every earlier log skipped
-        return _only_file_rows(replay_dir, suffix, add_count, arrays)
-    return _partial_end_row(replay_dir, suffix, add_count, arrays, *previous), False
+        return Placement(*_only_file_rows(replay_dir, suffix, add_count, arrays))
+    return _partial_end_row(replay_dir, suffix, add_count, arrays, *previous)
 
 
 def _only_file_rows(replay_dir: Path, suffix: int, cursor: int, arrays: Arrays) -> tuple[int, bool]:
@@ -112,8 +121,8 @@ def _head_is_padding(replay_dir: Path, suffix: int, arrays: Arrays) -> bool:
 
 def _partial_end_row(
     replay_dir: Path, suffix: int, cursor: int, now: Arrays, previous: ReplayFile, before: Arrays
-) -> int:
-    """Rows seen when the partial last file was written, which stores only the cursor `T % C`.
+) -> Placement:
+    """Where the partial last file ends; it stores only the cursor `T % C` of the count `T`.
 
     With no log since `previous`, `T` is the first count at or after `previous.end_row` congruent to the
     cursor; with a skipped log in between, the whole file is new and `T` is (at least) a capacity later.
@@ -123,10 +132,12 @@ def _partial_end_row(
     path = replay_path(replay_dir, "add_count", suffix)
     if suffix > previous.suffix + 1:
         log.warning("%s: the checkpoints between %d and %d are missing", path, previous.suffix, suffix)
-        return end + capacity
+        return Placement(end + capacity)
     if _log_skipped(replay_dir, suffix, before, now, cursor):
+        if _lost_only_padding(replay_dir, suffix, before, now, cursor):
+            return Placement(end + capacity, lost_only_padding=True)
         log.warning("%s: a log was skipped after checkpoint %d: its rows are lost", path, previous.suffix)
-        return end + capacity
+        return Placement(end + capacity)
     # the slots not written since `previous` (whose last row sits in slot C-2): from the cursor to C-2
     unchanged = slice(cursor, capacity - 1) if end > previous.end_row else slice(None)
     if not all(np.array_equal(before[k][unchanged], now[k][unchanged]) for k in before):
@@ -134,7 +145,7 @@ def _partial_end_row(
             f"{path}: checkpoint {suffix} differs from checkpoint {previous.suffix} in slots written before "
             f"checkpoint {previous.suffix} was logged: the two files are not from the same run"
         )
-    return end
+    return Placement(end)
 
 
 def _log_skipped(replay_dir: Path, suffix: int, before: Arrays, now: Arrays, cursor: int) -> bool:
@@ -165,19 +176,50 @@ def _log_skipped(replay_dir: Path, suffix: int, before: Arrays, now: Arrays, cur
     return not _frames_nonzero(replay_dir, suffix, capacity, range(seam, seam + 1))
 
 
+def _lost_only_padding(replay_dir: Path, suffix: int, before: Arrays, now: Arrays, cursor: int) -> bool:
+    """Whether the rows a log skipped before the partial last file lost are only padding, no step.
+
+    The file is placed as if one log was skipped: the previous file ends at a count `E` (its last row in
+    slot C-2), this one holds rows from `E + m`, m = cursor + 1, so rows [E, E + m) are lost. They are
+    only padding if the previous file ends on a terminal and m is less than the padding's three rows:
+    then the rest of it fills this file's oldest slots, m-1 to 1, and the episode's first step slot 2.
+    That shape also proves that no more than m rows were lost: had a whole wrap more been lost, its log
+    was skipped too, so its slot C-2 held padding whose step came in slot C-1, 0 or 1, and any padding
+    after that step (a one-step episode's) would reach slot 2. Padding lost up to the step (m = 3) leaves
+    nothing to see, and a wrap more lost would look the same: that stays a gap. The small arrays cannot
+    tell padding from a no-op step with no reward, so the frames of slots m-1 to 2 are read too; a no-op
+    step on a black screen looks like padding even then, and only the terminal before it tells.
+    """
+    capacity = len(now["terminal"])
+    if not before["terminal"][capacity - 2] or cursor >= PADDING_ROWS - 1:
+        return False
+    slots = range(cursor, PADDING_ROWS)  # the padding still due, then the first step
+    small = np.array([any(a[slot] for a in now.values()) for slot in slots])
+    if small[:-1].any():
+        return False
+    nonzero = small | _nonzero_frames(replay_dir, suffix, capacity, slots)
+    return not nonzero[:-1].any() and bool(nonzero[-1])
+
+
 def _frames_nonzero(replay_dir: Path, suffix: int, capacity: int, slots: range) -> bool:
-    """Whether any frame in `slots` is non-zero; inflates the observation file up to the last of them."""
+    """Whether any frame in `slots` is non-zero."""
+    return bool(_nonzero_frames(replay_dir, suffix, capacity, slots).any())
+
+
+def _nonzero_frames(replay_dir: Path, suffix: int, capacity: int, slots: range) -> np.ndarray:
+    """Per slot in `slots`, whether its frame is non-zero; inflates the observation file up to the last."""
+    nonzero = np.zeros(len(slots), bool)
     with NpyGzReader(replay_path(replay_dir, "observation", suffix)) as reader:
         check_observation_header(reader, capacity)
         start = 0
         for chunk in reader.iter_chunks(256):
             lo, hi = max(slots.start, start), min(slots.stop, start + len(chunk))
-            if lo < hi and chunk[lo - start : hi - start].any():
-                return True
+            if lo < hi:
+                nonzero[lo - slots.start : hi - slots.start] = chunk[lo - start : hi - start].any(axis=(1, 2))
             start += len(chunk)
             if start >= slots.stop:
                 break
-    return False
+    return nonzero
 
 
 def check_observation_header(reader: NpyGzReader, capacity: int) -> None:

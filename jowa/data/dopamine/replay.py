@@ -3,10 +3,10 @@
 A run is a sequence of circular-buffer snapshots (see docs: dqn-replay-format §1.5–1.7). `index_run`
 reads each file's small per-row arrays (action, reward, terminal) once, places the file on the run's
 global row axis (`jowa.data.dopamine.placement`), cuts its new rows into episodes (padding after
-terminals, gaps, the run's end) and keeps those rows in time order, compactly: actions as uint8 and
-rewards as int8 (as float32 if a file holds other values than -1, 0 and 1), about 2 bytes per row, plus
-one row number per terminal. `jowa.data.dopamine.extract` takes per-row arrays from there and inflates
-only observation files.
+terminals, gaps, the run's end; rows no file holds that are only padding are no gap) and keeps those
+rows in time order, compactly: actions as uint8 and rewards as int8 (as float32 if a file holds other
+values than -1, 0 and 1), about 2 bytes per row, plus one row number per terminal.
+`jowa.data.dopamine.extract` takes per-row arrays from there and inflates only observation files.
 """
 
 from __future__ import annotations
@@ -107,6 +107,11 @@ class _EpisodeSplitter:
         self._close(self.last_row + 1, truncated=True)
         self.pads_due = 0
         self.after_gap = True
+
+    def lost_padding(self, rows: int) -> None:
+        """The next `rows` rows are in no file, but placement showed them to be padding still due."""
+        self.pads_due -= rows
+        self.last_row += rows
 
     def _close(self, stop: int, truncated: bool) -> None:
         if self.open_start is not None:
@@ -231,19 +236,28 @@ def index_run(replay_dir: Path | str) -> RunIndex:
         add_count = int(load_array(path, dtype=np.int64, shape=()))
         if add_count < 0:
             raise ReplayFormatError(f"{path}: negative add_count {add_count}")
-        end, unknown = end_row(replay_dir, suffix, add_count, arrays, previous, position == len(suffixes) - 1)
+        placed = end_row(replay_dir, suffix, add_count, arrays, previous, position == len(suffixes) - 1)
+        end = placed.end_row
         if end < emitted:
             raise ReplayFormatError(
                 f"{path}: add_count {add_count} goes back in time (the previous file reached row {emitted})"
             )
         file = ReplayFile(suffix, position, add_count, end, max(end - capacity, emitted, 0), capacity)
-        if unknown:
+        if placed.start_unknown:
             index.start_unknown = True
             log.warning(
                 "%s: the first checkpoint had wrapped before any log: the run's start is unknown", path
             )
             splitter.gap()
-        if file.first_row > emitted:
+        if file.first_row > emitted and placed.lost_only_padding:
+            log.info(
+                "%s: rows %d..%d are in no file (a skipped log), but they are only padding: nothing is lost",
+                path,
+                emitted,
+                file.first_row - 1,
+            )
+            splitter.lost_padding(file.first_row - emitted)
+        elif file.first_row > emitted:
             index.gaps.append((emitted, file.first_row))
             log.warning(
                 "%s: rows %d..%d are in no file (a skipped or missing log)", path, emitted, file.first_row - 1
