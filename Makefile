@@ -7,8 +7,8 @@ PYTHON ?= python3
 VENV ?= .venv
 TORCH ?= torch==2.13.0
 TORCH_INDEX ?=
-# Test files run in parallel, one file per worker at a time (module fixtures such as the DVC pipeline are
-# built once); `make test TEST_WORKERS=0` runs them in this process.
+# Test files run in parallel, one file per worker at a time (module fixtures such as the smoke pipeline are
+# built once), the long ones first (tests/conftest.py); `make test TEST_WORKERS=0` runs them in this process.
 TEST_WORKERS ?= auto
 BIN := $(abspath $(VENV))/bin
 export PATH := $(BIN):$(PATH)
@@ -33,4 +33,4 @@ run: $(VENV)/.installed
 test: $(VENV)/.installed
 	ruff check .
 	ruff format --check .
-	python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=15
+	python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=15

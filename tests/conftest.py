@@ -7,9 +7,15 @@ from collections.abc import Iterator
 import pytest
 import torch
 
+# Minutes each where the rest take seconds: collected first, so that parallel workers (`make test`,
+# `--dist loadfile --no-loadscope-reorder`) start them at once and run the other files beside them
+LONG_FILES = ("test_pipeline.py", "test_slurm.py")
+
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Tests marked `gpu` skip where CUDA is absent (CI, this machine); `pytest -m gpu` selects them."""
+    """The long files first; tests marked `gpu` skip where CUDA is absent (CI, this machine), and
+    `pytest -m gpu` selects them."""
+    items.sort(key=lambda item: item.path.name not in LONG_FILES)  # stable: each file keeps its order
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="needs CUDA")

@@ -4,7 +4,7 @@ Read from a forced dry-run (every job, nothing executed) and from DVC's own view
 belongs to the stage that owns its outputs, and that stage's cmd makes it; each input a job reads from
 another stage is a dep of its stage; a stage's code deps are exactly its jobs' code inputs; the raw
 replay is never seen by DVC. Whether both tools see the same parameter edits needs executed outputs:
-tests/test_dvc.py.
+tests/test_pipeline.py.
 """
 
 from __future__ import annotations

@@ -197,3 +197,22 @@ def test_sigterm_saves_the_state_and_exits_143_and_the_rerun_resumes(reference: 
     resumed = evaluate(reference, out, "Pong", "greedy", **params)
     assert {key: resumed[key] for key in SAME} == {key: whole[key] for key in SAME}
     assert resumed["resumed_at_steps"] == [step] and not state_path(out).exists()
+
+
+def test_progress_in_a_log_file_is_a_line_every_few_seconds_not_every_step(
+    reference: dict, tmp_path: Path
+) -> None:
+    """A job's log (stderr to a file, as under Snakemake) holds the bar's refreshes: at most one per
+    `mininterval` (2 s) besides the first and the last, however fast the steps go."""
+    out = tmp_path / "Pong.json"
+    params = json.dumps({**EVAL, "max_steps": 120})
+    command = [sys.executable, "-m", "jowa.cli", "evaluate", "--params", params, "--model",
+               str(reference["model"]), "--tokenizer", str(reference["tokenizer"]), "--game", "Pong",
+               "--planner", "greedy", "--out", str(out)]  # fmt: skip
+    log = tmp_path / "evaluate.log"
+    start = time.monotonic()
+    with log.open("w") as stderr:
+        subprocess.run(command, stderr=stderr, check=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    seconds = time.monotonic() - start
+    refreshes = log.read_text().count("Pong greedy:")
+    assert 2 <= refreshes <= seconds / 2 + 3, (refreshes, seconds)

@@ -1,6 +1,7 @@
 """The cluster path for real: DAG jobs as sbatch jobs of a one-node Slurm cluster (tests/slurm/start.sh)
-through profiles/slurm; a pretraining job that Slurm stops at its time limit resumes when run again and
-ends with the weights, stores and tokens of an uninterrupted local run."""
+through profiles/slurm; a pretraining job cancelled by `scancel`, then stopped by Slurm at its time limit,
+resumes each time Snakemake retries it and ends with the weights, stores and tokens of an uninterrupted
+local run."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import os
 import re
 import shutil
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -68,11 +70,12 @@ def lean_params(path: Path, pretrain_steps: int) -> None:
 
 
 def slurm_profile(cwd: Path) -> Path:
-    """tests/slurm/smoke-profile with pretraining given 1 minute, shorter than it needs, and one retry
-    with 10 minutes (a time limit's usual remedy; the retry resumes from the last checkpoint)."""
+    """tests/slurm/smoke-profile with pretraining given 1 minute, shorter than it needs, and two retries,
+    the last with 20 minutes (a time limit's usual remedy; each retry resumes from the last checkpoint):
+    the first attempt is cancelled, the second times out, the third finishes."""
     profile = yaml.safe_load((SLURM / "smoke-profile/config.yaml").read_text())
-    profile["set-resources"]["pretrain"]["runtime"] = "1 if attempt == 1 else 20"
-    profile["retries"] = 1
+    profile["set-resources"]["pretrain"]["runtime"] = "20 if attempt == 3 else 1"
+    profile["retries"] = 2
     (cwd / "slurm-profile").mkdir()
     (cwd / "slurm-profile/config.yaml").write_text(yaml.safe_dump(profile))
     return cwd / "slurm-profile"
@@ -87,8 +90,8 @@ def sacct(env: dict[str, str]) -> list[tuple[str, str]]:
     """(rule, state) of every job the cluster ran, oldest first (the plugin's comment names the rule)."""
     out = subprocess.run(["sacct", "-X", "-n", "-P", "-o", "Comment,State"], env=env,
                          capture_output=True, text=True, check=True).stdout  # fmt: skip
-    return [(re.sub(r"^rule_|_wildcards_.*$", "", comment), state) for comment, state in
-            (line.split("|") for line in out.splitlines())]  # fmt: skip
+    return [(re.sub(r"^rule_|_wildcards_.*$", "", comment), state.split()[0]) for comment, state in
+            (line.split("|") for line in out.splitlines())]  # fmt: skip  # "CANCELLED by 0": the state
 
 
 def same_tree(a: Path, b: Path) -> None:
@@ -132,7 +135,8 @@ def test_the_dag_runs_as_slurm_jobs_and_a_timed_out_pretraining_resumes_to_the_s
 
 
 def run_on_the_cluster(cluster: Path, env: dict[str, str]) -> None:
-    """A GPU request, then the lean DAG through Slurm: pretraining stopped at its time limit and retried."""
+    """A GPU request, then the lean DAG through Slurm: pretraining cancelled, retried, stopped at its time
+    limit, retried again."""
     command = ("snakemake", TARGET, "--profile", "profiles/slurm", "--workflow-profile",
                str(slurm_profile(cluster)), "--configfile", PARAMS)  # fmt: skip
     # the gres path: a job asking for a GPU is sent with --gpus, which this GPU-less cluster refuses
@@ -141,9 +145,16 @@ def run_on_the_cluster(cluster: Path, env: dict[str, str]) -> None:
     assert asks.returncode != 0 and "--gpus=1" in output, output[-3000:]
     assert "Invalid generic resource (gres) specification" in output, output[-3000:]
 
-    done = run(cluster, env, *command)
-    output = done.stdout + done.stderr
-    assert done.returncode == 0, output[-3000:]
+    env_run = {**env, "PYTHONWARNINGS": "ignore", "PYTHONPATH": str(cluster)}
+    with (cluster / "snakemake.out").open("w") as out:
+        proc = subprocess.Popen(command, cwd=cluster, env=env_run, stdout=out, stderr=subprocess.STDOUT)
+        try:
+            cancelled = cancel_pretraining_after_its_first_checkpoint(cluster, env, proc)
+            assert proc.wait(timeout=900) == 0, (cluster / "snakemake.out").read_text()[-3000:]
+        finally:
+            proc.kill()
+    output = (cluster / "snakemake.out").read_text()
+    assert f"SLURM-job '{cancelled}' failed, SLURM status is: 'CANCELLED'" in output, output[-3000:]
     # the stopped attempt's failure says what Slurm did and where its Slurm log is
     stopped = re.search(r"SLURM-job '(\d+)' failed, SLURM status is: 'TIMEOUT'", output)
     assert stopped, f"pretraining ended within its 1-minute limit: raise PRETRAIN_STEPS\n{output[-3000:]}"
@@ -151,6 +162,27 @@ def run_on_the_cluster(cluster: Path, env: dict[str, str]) -> None:
     assert log and "DUE TO TIME LIMIT" in Path(log[1]).read_text(), output[-3000:]
     data_jobs = [(rule, "COMPLETED") for rule in ("generate", "subsample", "train_tokenizer", "tokenize")]
     jobs = sacct(env)
-    assert jobs == [*data_jobs, ("pretrain", "TIMEOUT"), ("pretrain", "COMPLETED")], jobs
+    assert jobs == [*data_jobs, *[("pretrain", s) for s in ("CANCELLED", "TIMEOUT", "COMPLETED")]], jobs
     train_log = (cluster / "logs/train/pretrain/tiny-s.log").read_text()
-    assert re.search(r"resuming .* from step [1-9]\d*", train_log), train_log[-2000:]
+    assert re.search(r"resuming .* from step [1-9]\d*", train_log), train_log[-2000:]  # the last attempt's
+
+
+def cancel_pretraining_after_its_first_checkpoint(
+    cluster: Path, env: dict[str, str], proc: subprocess.Popen
+) -> str:
+    """`scancel` the pretraining job once it has saved a state; returns its Slurm job ID."""
+    state = cluster / "results/train/pretrain/tiny-s/run/state.pt"
+    deadline = time.monotonic() + 600
+    while not state.exists():
+        assert proc.poll() is None and time.monotonic() < deadline, (
+            "no pretraining checkpoint to cancel after"
+        )
+        time.sleep(0.5)
+    queue = subprocess.run(["squeue", "-h", "-o", "%i|%k"], env=env, capture_output=True, text=True,
+                           check=True).stdout  # fmt: skip
+    ids = [
+        job for job, comment in (line.split("|") for line in queue.splitlines()) if "rule_pretrain" in comment
+    ]
+    assert len(ids) == 1, queue
+    subprocess.run(["scancel", ids[0]], env=env, check=True)
+    return ids[0]

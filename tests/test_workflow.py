@@ -1,12 +1,11 @@
-"""The Snakemake DAG: the paper plan, one params file, code inputs, and a real run of the local pipeline."""
+"""The Snakemake DAG as planned: the paper plan, one params file, code inputs, lint; the local pipeline
+runs for real in tests/test_pipeline.py."""
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
-import stat
 import subprocess
 from pathlib import Path
 
@@ -15,7 +14,6 @@ import yaml
 
 from jowa.cli import COMMANDS
 from jowa.jobs.code_inputs import code_inputs
-from jowa.weights.checkpoints import load_model
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKFLOW_FILES = ("Snakefile", "params.yaml", "workflow", "config", "profiles")
@@ -172,123 +170,6 @@ def test_code_inputs_are_the_modules_each_command_imports(tmp_path: Path, params
         else:
             assert declared == code_inputs(COMMANDS[name][0], tmp_path), rule
             assert "jowa/cli.py" not in declared
-
-
-def edited(path: Path) -> str:
-    """Change a module's content (a comment); returns the original to restore."""
-    original = path.read_text()
-    path.write_text(original + "\n# an edit\n")
-    return original
-
-
-@pytest.mark.slow
-def test_local_pipeline_runs_end_to_end_and_reruns_only_what_changed(tmp_path: Path) -> None:
-    cwd = workdir(tmp_path, copy_code=True)
-    snakemake(cwd, "--cores", "2", "--configfile", "config/smoke.yaml")
-    smoke = yaml.safe_load((cwd / "config" / "smoke.yaml").read_text())
-    for game in smoke["games"]["pretrain"]:
-        meta = json.loads((cwd / "results/data/pretrain" / game / "meta.json").read_text())
-        assert meta["transitions"] >= smoke["subsample"]["transitions_per_game"]
-        assert meta["runs"] == [1, 2] and meta["format_version"] == 2
-    for quality in smoke["finetune_data"]["qualities"]:
-        meta = json.loads((cwd / "results/data/finetune" / quality / "Boxing" / "meta.json").read_text())
-        assert (
-            meta["quality"] == quality
-            and meta["checkpoint_window"] == smoke["finetune_data"]["qualities"][quality]
-        )
-    for size in smoke["models"]:
-        for quality in smoke["finetune_data"]["qualities"]:
-            run = cwd / "results/train/finetune" / size / quality / "Boxing"
-            model, meta = load_model(run / "model.safetensors")
-            assert (
-                meta["game"] == "Boxing" and meta["quality"] == quality and meta["pretrained"]["size"] == size
-            )
-            assert model.config.layers == smoke["models"][size]["layers"]
-            lines = (run / "run" / "metrics.jsonl").read_text().splitlines()
-            assert json.loads(lines[-1])["step"] == smoke["finetune"]["steps"]
-            assert not (run / "run" / "state.pt").exists()  # a finished run keeps no resume state
-            result = json.loads((cwd / "results/eval/finetune" / size / quality / "Boxing.json").read_text())
-            assert result["planner"] == "greedy" and result["lengths"] == [smoke["eval"]["max_steps"]] * 2
-        for planner in ("greedy", "beam"):
-            for game in smoke["games"]["pretrain"]:
-                result = json.loads(
-                    (cwd / "results/eval/pretrain" / size / planner / f"{game}.json").read_text()
-                )
-                assert len(result["returns"]) == smoke["eval"]["episodes"] and result["size"] == size
-    metrics = json.loads((cwd / "results/metrics.json").read_text())
-    assert set(metrics["pretrain_iqm_hns"]) == {
-        f"{s}/{p}" for s in smoke["models"] for p in ("greedy", "beam")
-    }
-    table = (cwd / "results/report/pretrain_scores.md").read_text().splitlines()
-    pong = next(line for line in table if line.startswith("| Pong ")).strip("|").split("|")
-    pong = [cell.strip() for cell in pong]
-    assert "not run" not in pong[1:5] and "not run" in pong[5:]  # ours; the paper never pretrained on Pong
-    assert (cwd / "results/report/scaling.png").stat().st_size > 0
-    snakemake(cwd, "--configfile", "config/smoke.yaml", "--report", "report.html")  # figures with captions
-    html = (cwd / "report.html").read_text(errors="replace")
-    assert all(name in html for name in ("scaling.png", "pretrain_scores.md", "training_curves.pdf"))
-    for caption in (ROOT / "workflow" / "report").glob("*.rst"):
-        assert " ".join(caption.read_text().split()[:4]) in html, caption.name  # each caption, rendered
-    assert not list((cwd / "results").rglob(".*tmp*"))  # no staging left behind
-    raw = cwd / "resources/generated"
-    for path in [raw / "manifests/Pong/1.tsv", raw / "dqn-replay/Pong/1/replay_logs"]:
-        assert not path.stat().st_mode & (stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH), (
-            f"{path} is not protected"
-        )
-
-    def plan() -> dict[str, int]:
-        return job_counts(snakemake(cwd, "-n", "--configfile", "config/smoke.yaml"))
-
-    assert plan() == {}
-    # code: a module reruns exactly the jobs whose command imports it, and raw data never reruns
-    for module, expected in [
-        ("cli.py", {}),
-        ("data/generate.py", {}),
-        (
-            "models/world_action.py",
-            {"pretrain": 2, "finetune": 6, **EVAL_JOBS, "all": 1},
-        ),  # not the tokenizer's
-        ("train/finetune.py", {"finetune": 6, "evaluate_finetuned": 6, "report": 1, "all": 1}),
-        (
-            "data/finetune_set.py",
-            {"finetune_set": 3, "finetune": 6, "evaluate_finetuned": 6, "report": 1, "all": 1},
-        ),
-        ("planning/search.py", {"finetune": 6, **EVAL_JOBS, "all": 1}),  # fine-tuning imagines with it
-        ("planning/mcts.py", {"finetune": 6, **EVAL_JOBS, "all": 1}),  # via the selection option
-        ("report/figures.py", {"report": 1, "all": 1}),
-        ("data/subsample.py", STORE_JOBS),
-        ("core/atomic.py", STORE_JOBS),
-    ]:
-        path = cwd / "jowa" / module
-        original = edited(path)
-        assert plan() == expected, module
-        path.write_text(original)
-    assert plan() == {}  # the same content again: Snakemake compares checksums, not only times
-
-    # a parameter reruns exactly its section's jobs; another quality's window reruns only that quality
-    smoke["subsample"]["seed"] = 1
-    smoke["finetune_data"]["qualities"]["expert"] = [0.5, 1.0]
-    (cwd / "config" / "smoke.yaml").write_text(yaml.safe_dump(smoke))
-    assert plan() == {"subsample": 2, "finetune_set": 1, **TRAIN_JOBS, **EVAL_JOBS, "all": 1}
-    smoke = yaml.safe_load((cwd / "config" / "smoke.yaml").read_text())
-    smoke["subsample"]["seed"], smoke["finetune_data"]["qualities"]["expert"] = 0, [0.6, 1.0]
-    smoke["finetune"]["steps"] = 30
-    (cwd / "config" / "smoke.yaml").write_text(yaml.safe_dump(smoke))
-    assert plan() == {"finetune": 6, "evaluate_finetuned": 6, "report": 1, "all": 1}
-    smoke["models"]["tiny-s"]["q_hidden"] = 48  # one size's architecture: its pretraining and fine-tuning
-    (cwd / "config" / "smoke.yaml").write_text(yaml.safe_dump(smoke))
-    assert plan() == {
-        "pretrain": 1,
-        "finetune": 6,
-        "evaluate_pretrained": 4,
-        "evaluate_finetuned": 6,
-        "report": 1,
-        "all": 1,
-    }
-    smoke["finetune"]["steps"], smoke["models"]["tiny-s"]["q_hidden"] = 20, 32
-    smoke["planning"]["default"]["beam_width"] = 3  # beam search settings: the beam jobs only
-    (cwd / "config" / "smoke.yaml").write_text(yaml.safe_dump(smoke))
-    assert plan() == {"evaluate_pretrained": 4, "report": 1, "all": 1}
 
 
 def test_lint_finds_nothing_but_the_accepted_conda_note(tmp_path: Path) -> None:

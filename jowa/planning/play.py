@@ -147,7 +147,7 @@ def play(
             )
             step += 1
             bar.update(played)
-            bar.set_postfix(episodes_left=len(episodes.active))
+            bar.set_postfix(episodes_left=len(episodes.active), refresh=False)  # shown at the next refresh
             if episodes.active and (stop.requested or step % params.checkpoint_every == 0):
                 save()
             if episodes.active and stop.requested:

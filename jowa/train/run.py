@@ -262,7 +262,8 @@ class TrainingRun:
                         "gpu_mem_gb": peak_memory_gb(self.rt.device),
                     }  # fmt: skip
                     self.log(record)
-                    bar.set_postfix({k: f"{v:.3g}" for k, v in values.items() if k.startswith("loss")})
+                    losses = {k: f"{v:.3g}" for k, v in values.items() if k.startswith("loss")}
+                    bar.set_postfix(losses, refresh=False)  # a refresh per call would defeat mininterval
                     interval_start, interval_steps = time.perf_counter(), 0
                 if step % self.checkpoint_every == 0 and step < self.total_steps:
                     sums.check()
