@@ -77,9 +77,10 @@ def _observation_loss(
         return _cross_entropy(output.obs_logits[:, :-1], targets)
     if output.obs_features is None or layer is None or chunk < 1:
         raise ValueError("an output without obs_logits needs obs_features, the head's last layer and a chunk")
-    features = output.obs_features[:, :-1]
+    # All 288 positions, the last one's target ignored: the features stay a view, not a sliced copy.
+    features = output.obs_features.flatten(end_dim=1)
     return chunked_linear_cross_entropy(
-        features.reshape(-1, features.shape[-1]), layer.weight, layer.bias, targets.reshape(-1),
+        features, layer.weight, layer.bias, F.pad(targets, (0, 1), value=IGNORE).flatten(),
         chunk_rows=chunk, ignore_index=IGNORE,
     )  # fmt: skip
 

@@ -274,13 +274,16 @@ class JOWA(nn.Module):
         A window of whole steps (the training window) is a view (B, steps, 37, E) whose slots 35 and 36
         are slices and whose observation-head rows are slots 0..34 and 36 side by side, in the order the
         layout's indices give, with no index kernel (Levers.sliced_heads); other windows gather them.
+        The slices are copied (B x steps rows): a strided view saved for backward by a head would keep
+        all of `hidden` alive until then.
         """
         per_block = self.config.tokens_per_block
         batch, length, width = hidden.shape
         if self.levers.sliced_heads and start % per_block == 0 and length % per_block == 0:
             steps = hidden.view(batch, length // per_block, per_block, width)
             obs = torch.cat([steps[:, :, : per_block - 2], steps[:, :, per_block - 1 :]], dim=2)
-            return obs.view(batch, -1, width), steps[:, :, per_block - 1], steps[:, :, per_block - 2]
+            action, q = steps[:, :, per_block - 1].contiguous(), steps[:, :, per_block - 2].contiguous()
+            return obs.view(batch, -1, width), action, q
         layout = self._layout(start, length, hidden.device)
         return hidden[:, layout.obs_head], hidden[:, layout.action], hidden[:, layout.q]
 
