@@ -3,16 +3,22 @@ and the chunked observation loss, each against the way it replaced."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn.functional as F
 from torch.autograd.graph import saved_tensors_hooks
 
+from jowa.core.config import load_params
 from jowa.core.games import task_id
 from jowa.models.batch import Batch
 from jowa.models.linear_cross_entropy import chunked_linear_cross_entropy
 from jowa.models.losses import IGNORE, world_model_losses
 from jowa.models.world_action import JOWA, JOWAConfig, Levers
+from jowa.train.runtime import Runtime
+from jowa.train.world_step import Stage, WorldTrainer
+from jowa.weights.state_files import CheckpointError
 
 TINY = JOWAConfig.from_arch({"layers": 2, "heads": 2, "width": 32, "q_hidden": 16, "q_ensemble": 2})
 VOCAB = TINY.obs_vocab
@@ -157,3 +163,14 @@ def test_levers_reject_a_negative_chunk_and_none_switches_every_lever_off() -> N
     with pytest.raises(ValueError, match="obs_loss_chunk must be >= 0 rows, not -1"):
         Levers(obs_loss_chunk=-1)
     assert Levers.none() == Levers(fused_qkv=False, sliced_heads=False, obs_loss_chunk=0)
+
+
+def test_a_resume_state_from_before_fused_qkv_is_refused_in_one_line() -> None:
+    settings = load_params(Path(__file__).resolve().parent.parent / "config/smoke.yaml").pretrain
+    trainer = WorldTrainer(JOWA(TINY), Runtime(torch.device("cpu"), 0, 1, "fp32", False), settings, 4)
+    trainer.enter(Stage("world", False, settings.world_lr, 1.0))
+    state = trainer.state_dict()
+    trainer.load_state_dict(state)  # today's layout resumes
+    old = {name.replace(".attn.qkv.", ".attn.query."): tensor for name, tensor in state["model"].items()}
+    with pytest.raises(CheckpointError, match=r"before the q/k/v projections were fused \(issue 19\)"):
+        trainer.load_state_dict({**state, "model": old})
