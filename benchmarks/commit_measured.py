@@ -5,7 +5,8 @@
 
 The file holds the records exactly as `benchmarks/gpu_session.sh` wrote them, under the GPU name, torch
 version and commit they carry, and the ratios of ours to the reference's samples/s and peak memory per
-size and batch (both measured in the same run), the figures issue 19's closing note quotes.
+size and batch (both measured in the same run), the figures issue 19's closing note quotes, and of ours
+with the training-step levers on to ours with them off where both were measured.
 """
 
 from __future__ import annotations
@@ -20,18 +21,33 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def ratios(records: list[dict]) -> list[dict]:
-    """Ours vs the reference per (size, batch) measured by both."""
-    steps = {(r["impl"], r["size"], r["batch"]): r for r in records if "samples_per_s" in r and "impl" in r}
+    """Ours (issue 19's levers on) vs the reference per (size, batch) measured by both, and vs ours with
+    the levers off (`levers: none`) where that was measured too: what the levers give."""
+    steps = {
+        (r["impl"], r.get("levers", "all"), r["size"], r["batch"]): r
+        for r in records
+        if "samples_per_s" in r and "impl" in r
+    }
     out = []
-    for (impl, size, batch), ours in sorted(steps.items()):
-        reference = steps.get(("reference", size, batch))
-        if impl == "ours" and ours.get("part") == "step" and reference:
-            out.append({
-                "size": size, "batch": batch,
+    for (impl, levers, size, batch), ours in sorted(steps.items()):
+        if impl != "ours" or levers != "all" or ours.get("part") != "step":
+            continue
+        entry: dict = {"size": size, "batch": batch}
+        reference = steps.get(("reference", "all", size, batch))
+        if reference:
+            entry |= {
                 "speedup": ours["samples_per_s"] / reference["samples_per_s"],
                 # the reference's peak_mem_gb is in GiB (2**30 bytes), ours in GB: compare in GiB
                 "memory_ratio": ours["peak_mem_gib"] / max(reference["peak_mem_gb"], 1e-9),
-            })  # fmt: skip
+            }
+        off = steps.get(("ours", "none", size, batch))
+        if off:
+            entry |= {
+                "levers_speedup": ours["samples_per_s"] / off["samples_per_s"],
+                "levers_memory_ratio": ours["peak_mem_gb"] / max(off["peak_mem_gb"], 1e-9),
+            }
+        if len(entry) > 2:
+            out.append(entry)
     return out
 
 

@@ -13,7 +13,8 @@
 #
 #   GPU_SESSION_QUICK=1 bash benchmarks/gpu_session.sh      # the CPU check: every part at tiny sizes
 #
-# Part limits (seconds) add up to 290: reference 30, step 150M 60, step 40M 45, loop 35,
+# Part limits (seconds) add up to 295: reference 30, step 150M 60, step 40M 50 (with issue 19's levers
+# off at batch 256 last: one more compile in 5 more seconds; cut first if short of time), loop 35,
 # data+tokenize 15, pool 10, gpu tests 25, eval planning 45, eval concurrent 25. Files back: records.jsonl,
 # records.profile.txt (one beam search call, profiled), session.log.
 set -uo pipefail
@@ -72,11 +73,15 @@ fi
 # 2. Ours, per size and batch, static shapes, same timing convention. Its compiled graphs stay in
 #    Inductor's on-disk cache, which the loop's `jowa pretrain` at the same size and batch reuses.
 #    One process per size, so that each size gets its own share of the time (150M compiles longer).
-limits=(60 45)
+#    The last size also runs its largest batch with every lever of issue 19 off (`levers: none`).
+limits=(60 50)
 i=0
+last_size=$(echo $SIZES | tr ' ' '\n' | tail -1) last_batch=$(echo $BATCHES | tr ' ' '\n' | tail -1)
 for size in $SIZES; do
+    lever_args=""
+    [ "$size" = "$last_size" ] && lever_args="--levers all none --levers-batches $last_batch"
     part "step $size" "${limits[$i]:-50}" "$PY" benchmarks/train_step.py --params "$PARAMS" --parts step --sizes "$size" \
-        --batches $BATCHES $STEP_ARGS --peak-tflops 989 --out "$RECORDS"
+        --batches $BATCHES $STEP_ARGS $lever_args --peak-tflops 989 --out "$RECORDS"
     i=$((i + 1))
 done
 # 3. The real loop: `jowa pretrain` with the pool on the device, vs the step's samples/s (40M at batch

@@ -16,6 +16,10 @@ as soon as it is measured (flushed), so a run stopped by a time limit keeps what
   end heads at the 8 actions, the Q head at its 8 positions, the target head forward only) plus the
   causal attention products, 6 x layers x T^2 x width per sample. Both against `--peak-tflops`
   (default 989, the dense bf16 figure of both H100 and H200).
+  `--levers` times the same points with issue 19's levers (`jowa.models.world_action.Levers`) switched:
+  `all` (the default, what `jowa pretrain` runs), `none` (the step as before issue 19) or `no-NAME`
+  (all but one); `--levers-batches` limits the variants other than `all` to some batches. Each record
+  carries its variant (`levers`) and the settings (`lever_settings`).
 * `data`: segments/s of `DevicePool.draw` at the step's batch from a pool of `--pool-steps` synthetic
   steps, GPU-resident and in host memory (gathered, pinned, copied), as `jowa.train.segments` chooses.
 * `tokenize`: frames/s of the tokenizer's encoder at `jowa tokenize`'s batch (1024), and the hours the
@@ -24,6 +28,7 @@ as soon as it is measured (flushed), so a run stopped by a time limit keeps what
     python benchmarks/train_step.py                                   # on a GPU: params.yaml's sizes
     python benchmarks/train_step.py --params config/smoke.yaml --sizes tiny-s tiny-m --batches 16 64 \
         --pool-steps 200000 --tag cpu                                 # the CPU run (seconds)
+    python benchmarks/train_step.py --parts step --sizes 40M --levers all none --levers-batches 256
 
 Each record carries `impl: ours`, the GPU's name, the torch version and the commit measured
 (`JOWA_COMMIT`, else `git rev-parse HEAD`).
@@ -34,6 +39,7 @@ Not run in CI. Runs on a CPU with any sizes, but CPU figures say nothing about t
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import json
 import os
@@ -56,7 +62,7 @@ from jowa.data.loader import SegmentPool
 from jowa.data.store import segment_index
 from jowa.models.batch import Batch
 from jowa.models.tokenizer import Tokenizer
-from jowa.models.world_action import JOWA
+from jowa.models.world_action import JOWA, Levers
 from jowa.train.pretrain import model_config
 from jowa.train.runtime import Runtime, peak_memory_gb
 from jowa.train.segments import DevicePool
@@ -65,6 +71,18 @@ from jowa.train.world_step import Stage, WorldTrainer
 
 ROOT = Path(__file__).resolve().parent.parent
 PAPER_FRAMES = 150_000_000
+LEVER_NAMES = {"fused_qkv": "fused_qkv", "sliced_heads": "sliced_heads", "chunked_obs_loss": "obs_loss_chunk"}
+LEVER_VARIANTS = ["all", "none", *(f"no-{name}" for name in LEVER_NAMES)]
+
+
+def levers(variant: str) -> Levers:
+    """The Levers of a `--levers` variant: all on, none on, or all but one."""
+    if variant == "all":
+        return Levers()
+    if variant == "none":
+        return Levers.none()
+    field = LEVER_NAMES[variant.removeprefix("no-")]
+    return dataclasses.replace(Levers(), **{field: getattr(Levers.none(), field)})
 
 
 def sync(device: torch.device) -> None:
@@ -137,12 +155,14 @@ def random_batch(batch: int, config: Any, device: torch.device, generator: torch
     ).to(device)
 
 
-def bench_step(args: argparse.Namespace, params: Any, rt: Runtime, size: str, batch: int) -> dict[str, Any]:
+def bench_step(
+    args: argparse.Namespace, params: Any, rt: Runtime, size: str, batch: int, variant: str = "all"
+) -> dict[str, Any]:
     torch._dynamo.reset()  # a fresh Dynamo per configuration: this point compiles its own static graph
     pretrain = params.pretrain
     config = model_config(params.models[size], pretrain, params.tokenizer.arch.vocab_size, 36)
     torch.manual_seed(0)
-    model = JOWA(config)
+    model = JOWA(config, levers=levers(variant))
     trainer = WorldTrainer(model, rt, pretrain, micro_batch=batch)
     trainer.enter(Stage("critic", True, pretrain.stage2_world_lr, pretrain.supervised_weight))
     data = random_batch(batch, config, rt.device, torch.Generator().manual_seed(0))
@@ -165,6 +185,7 @@ def bench_step(args: argparse.Namespace, params: Any, rt: Runtime, size: str, ba
         "peak_mem_gib": peak_memory_gb(rt.device) * 1e9 / 2**30,  # the reference script's unit
         "precision": rt.precision if rt.on_gpu else "fp32", "compile": rt.compile,
         "warmup": args.warmup, "repeats": args.repeats,
+        "levers": variant, "lever_settings": dataclasses.asdict(model.levers),
     }  # fmt: skip
     del trainer, model, data
     if rt.on_gpu:
@@ -289,6 +310,13 @@ def main() -> None:
     parser.add_argument("--tokenize-batch", type=int, default=1024)
     parser.add_argument("--peak-tflops", type=float, default=989.0, help="the GPU's dense bf16 peak")
     parser.add_argument("--no-compile", action="store_true", help="ignore params' compile: eager step")
+    parser.add_argument(
+        "--levers", nargs="+", choices=LEVER_VARIANTS, default=["all"],
+        help="step variants: issue 19's levers all on (default), none, or all but one",
+    )  # fmt: skip
+    parser.add_argument(
+        "--levers-batches", type=int, nargs="+", help="batches of the variants other than all (default: all)"
+    )
     parser.add_argument("--device", help="default: the GPU if any, else the CPU")
     parser.add_argument("--tag", help="suffix of the result file")
     parser.add_argument(
@@ -310,8 +338,10 @@ def main() -> None:
     with open(path, "a") as out:
         if "step" in args.parts:
             for size in args.sizes or list(params.models):
-                for batch in args.batches:
-                    emit(out, bench_step(args, params, rt, size, batch) | about)
+                for variant in args.levers:
+                    for batch in args.batches:
+                        if variant == "all" or not args.levers_batches or batch in args.levers_batches:
+                            emit(out, bench_step(args, params, rt, size, batch, variant) | about)
         if "data" in args.parts:
             for record in bench_data(args, params, rt, max(args.batches)):
                 emit(out, record | about)

@@ -117,6 +117,37 @@ def test_the_attention_backend_is_chosen_at_load_time(tmp_path: Path, saved_with
                 assert torch.equal(loaded.eval()(tokens, tasks).obs_logits, expected)
 
 
+def test_a_checkpoint_written_before_qkv_were_fused_loads_to_the_same_model(
+    tmp_path: Path, trained_model: JOWA
+) -> None:
+    """Files of `jowa pretrain` before issue 19 hold attn.query/key/value: they are stacked into attn.qkv."""
+    from safetensors.torch import save_file
+
+    path = tmp_path / "old.safetensors"
+    save_model(path, trained_model, TINY, {"step": 7})
+    header = read_metadata_header(path)
+    old = {}
+    for name, tensor in trained_model.state_dict().items():
+        if ".attn.qkv." in name:
+            for part, piece in zip(("query", "key", "value"), tensor.chunk(3), strict=True):
+                old[name.replace(".qkv.", f".{part}.")] = piece.contiguous()
+        else:
+            old[name] = tensor.contiguous()
+    assert "transformer.blocks.1.attn.value.bias" in old and not any(".qkv." in name for name in old)
+    save_file(old, str(path), metadata=header)
+    loaded, meta = load_model(path)
+    assert meta == {"step": 7}
+    for name, tensor in trained_model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[name], tensor), name
+
+
+def read_metadata_header(path: Path) -> dict[str, str]:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as handle:
+        return handle.metadata()
+
+
 def _rewrite_header(path: Path, **entries: str) -> None:
     """Replace metadata entries of a safetensors file in place (tensors untouched)."""
     from safetensors import safe_open

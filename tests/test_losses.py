@@ -277,6 +277,6 @@ def test_critic_gradients_reach_the_backbone_but_not_the_target() -> None:
     )
     losses = critic_losses(output, batch, atoms=ATOMS, gamma=0.99, cql_weight=0.1)
     sum(losses.values()).backward()
-    assert model.transformer.blocks[0].attn.query.weight.grad.abs().sum() > 0
+    assert model.transformer.blocks[0].attn.qkv.weight.grad.abs().sum() > 0
     assert model.q_head.in_weight.grad.abs().sum() > 0
     assert all(parameter.grad is None for parameter in model.q_target_head.parameters())

@@ -44,10 +44,7 @@ def growing_cache_hidden(model: JOWA, tokens: torch.Tensor, tasks: torch.Tensor,
         batch, width = x.shape[0], x.shape[2]
         for index, block in enumerate(model.transformer.blocks):
             attn, h = block.attn, block.ln1(x)
-            q, k, v = (
-                layer(h).view(batch, size, attn.num_heads, -1).transpose(1, 2)
-                for layer in (attn.query, attn.key, attn.value)
-            )
+            q, k, v = attn.project_qkv(h)
             keys[index].append(k)
             values[index].append(v)
             mask = torch.ones(size, start + size, dtype=torch.bool).tril(diagonal=start)
@@ -142,9 +139,7 @@ def test_bf16_matmul_weights_under_autocast_compute_what_autocast_computes() -> 
         before = model(*tokens)
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, cache_enabled=False):
         after = model.matmul_weights_to_(torch.bfloat16)(*tokens)
-    assert (
-        model.transformer.blocks[0].attn.query.weight.dtype == model.q_head.in_weight.dtype == torch.bfloat16
-    )
+    assert model.transformer.blocks[0].attn.qkv.weight.dtype == model.q_head.in_weight.dtype == torch.bfloat16
     assert model.position_embedding.weight.dtype == model.transformer.ln_f.weight.dtype == torch.float32
     for name in ("obs_logits", "reward_logits", "end_logits", "q_logits"):
         assert torch.equal(getattr(before, name), getattr(after, name)), name

@@ -26,7 +26,7 @@ from jowa.data.loader import SegmentPool
 from jowa.data.manifest import write_manifest
 from jowa.data.store import TrainingStore
 from jowa.data.subsample import build_store
-from jowa.models.world_action import JOWA, count_parameters
+from jowa.models.world_action import JOWA, Levers, count_parameters
 from jowa.train.params import PretrainParams
 from jowa.train.pretrain import model_config, stage_at
 from jowa.train.run import TrainingDiverged, TrainingRun
@@ -242,7 +242,9 @@ def test_the_compiled_step_is_one_graph_and_equals_the_eager_step(data: dict) ->
     for compiled in (False, True):
         torch.manual_seed(0)
         rt = Runtime(torch.device("cpu"), rank=0, world_size=1, precision="fp32", compile=compiled)
-        trainer = WorldTrainer(JOWA(model_config(arch, params, 32, 36)), rt, params, 8)
+        # The observation loss in 1000-row chunks: 8 x 287 rows make 3, the last one shorter.
+        model = JOWA(model_config(arch, params, 32, 36), levers=Levers(obs_loss_chunk=1000))
+        trainer = WorldTrainer(model, rt, params, 8)
         trainer.enter(stage_at(2, params))
         trainer.model.eval()  # no dropout, so that both runs compute the same function
         if compiled:

@@ -211,8 +211,8 @@ def test_optimizer_groups_follow_the_reference() -> None:
     )
     groups = {group["name"]: group for group in optimizer.param_groups}
     ids = {name: {id(parameter) for parameter in group["params"]} for name, group in groups.items()}
-    assert id(model.transformer.blocks[0].attn.query.weight) in ids["world_decay"]
-    assert id(model.transformer.blocks[0].attn.query.bias) in ids["world_no_decay"]
+    assert id(model.transformer.blocks[0].attn.qkv.weight) in ids["world_decay"]
+    assert id(model.transformer.blocks[0].attn.qkv.bias) in ids["world_no_decay"]
     assert id(model.position_embedding.weight) in ids["world_no_decay"]
     assert id(model.task_embedding_action.weight) in ids["world_no_decay"]
     assert ids["critic"] == {id(parameter) for parameter in model.q_head.parameters()}

@@ -13,10 +13,13 @@ from functools import cache
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from jowa.core.games import ACTION_MASKS
 from jowa.models.batch import Batch
-from jowa.models.world_action import JOWAOutput, ensemble_probabilities, expected_q
+from jowa.models.linear_cross_entropy import chunked_linear_cross_entropy
+from jowa.models.q_ensemble import ensemble_probabilities, expected_q
+from jowa.models.world_action import JOWAOutput
 
 IGNORE = -100
 
@@ -38,24 +41,48 @@ def task_action_masks(tasks: torch.Tensor, table: torch.Tensor | None = None) ->
 
 
 def world_model_losses(
-    output: JOWAOutput, batch: Batch, *, supervised_weight: float
+    output: JOWAOutput,
+    batch: Batch,
+    *,
+    supervised_weight: float,
+    obs_layer: nn.Linear | None = None,
+    obs_chunk: int = 0,
 ) -> dict[str, torch.Tensor]:
     """Next-observation-token, reward-sign and termination cross-entropies, each times `supervised_weight`.
 
     Logit i of the 288 observation-head outputs predicts observation token i+1 of the flattened 8x36
     tokens, so every token but the first is a target; targets in padded steps are ignored. The weight
     is 1 while only the world model trains and 0.1 (0.5 when fine-tuning) once the critic trains.
+    An output without obs_logits (`JOWA.forward(..., obs_logits=False)`) has its observation loss
+    computed from obs_features through `obs_layer`, the head's last Linear, `obs_chunk` rows at a time.
     """
     padded = ~batch.mask
     obs_targets = batch.obs_tokens.long().masked_fill(padded.unsqueeze(-1), IGNORE).flatten(start_dim=1)
     reward_targets = (batch.rewards.sign().long() + 1).masked_fill(padded, IGNORE)
     end_targets = batch.ends.long().masked_fill(padded, IGNORE)
     losses = {
-        "loss_obs": _cross_entropy(output.obs_logits[:, :-1], obs_targets[:, 1:]),
+        "loss_obs": _observation_loss(output, obs_targets[:, 1:], obs_layer, obs_chunk),
         "loss_rewards": _cross_entropy(output.reward_logits, reward_targets),
         "loss_ends": _cross_entropy(output.end_logits, end_targets),
     }
     return {name: supervised_weight * loss for name, loss in losses.items()}
+
+
+def _observation_loss(
+    output: JOWAOutput, targets: torch.Tensor, layer: nn.Linear | None, chunk: int
+) -> torch.Tensor:
+    """The next-token loss of positions 0..286 against `targets` (B, 287), from logits or, chunked, from
+    the head's last-layer input."""
+    if output.obs_logits is not None:
+        return _cross_entropy(output.obs_logits[:, :-1], targets)
+    if output.obs_features is None or layer is None or chunk < 1:
+        raise ValueError("an output without obs_logits needs obs_features, the head's last layer and a chunk")
+    # All 288 positions, the last one's target ignored: the features stay a view, not a sliced copy.
+    features = output.obs_features.flatten(end_dim=1)
+    return chunked_linear_cross_entropy(
+        features, layer.weight, layer.bias, F.pad(targets, (0, 1), value=IGNORE).flatten(),
+        chunk_rows=chunk, ignore_index=IGNORE,
+    )  # fmt: skip
 
 
 def _cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

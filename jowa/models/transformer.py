@@ -1,9 +1,11 @@
 """Pre-LN causal GPT backbone of JOWA with a KV cache for incremental decoding.
 
-Spec 3.2: blocks x += Attn(LN1(x)); x += MLP(LN2(x)), a final LayerNorm, separate query/key/value/output
+Spec 3.2: blocks x += Attn(LN1(x)); x += MLP(LN2(x)), a final LayerNorm, query/key/value/output
 projections with biases, a GELU MLP of width 4E and dropout 0.1 on embeddings, attention weights and
-residual branches. Parameter names (`blocks.N.attn.query`, `mlp.0`, `ln_f`, ...) follow the reference
-layout so that importing released checkpoints is a rename of the heads only.
+residual branches. Parameter names (`mlp.0`, `ln_f`, ...) follow the reference layout, except that the
+reference's separate `attn.query`, `attn.key` and `attn.value` are one `attn.qkv` Linear, their weights
+stacked in that order: one GEMM of width 3E instead of three (issue 19). `fuse_qkv_keys` turns the
+separate layout (the reference's, and our checkpoints' before the change) into ours.
 
 Attention runs through PyTorch's `scaled_dot_product_attention` by default. The `[flash]` extra installs
 flash-attn; it is used for CUDA fp16/bf16 tensors when the backend is "auto" or "flash". The backend is
@@ -19,7 +21,7 @@ therefore always use SDPA with that mask; flash-attn serves the uncached (traini
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Literal, NamedTuple
 
@@ -67,6 +69,25 @@ def _check_attention_backend(attention: str) -> None:
         raise ValueError(
             "attention backend 'flash' needs flash-attn >= 2.1 (pip install 'jowa-repro[flash]')"
         )
+
+
+QKV_PARTS = ("query", "key", "value")
+
+
+def fuse_qkv_keys(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """`state` with every attention's separate `query`/`key`/`value` weights and biases stacked into the
+    one `qkv` Linear's (the separate layout: the reference's, and our checkpoints' before issue 19);
+    entries of the fused layout pass through unchanged."""
+    fused = dict(state)
+    for name in state:
+        if not name.endswith(".query.weight"):
+            continue
+        prefix = name.removesuffix("query.weight")
+        for kind in ("weight", "bias"):
+            parts = [f"{prefix}{part}.{kind}" for part in QKV_PARTS]
+            if all(part in fused for part in parts):
+                fused[f"{prefix}qkv.{kind}"] = torch.cat([fused.pop(part) for part in parts])
+    return fused
 
 
 def cache_capacity(window: int) -> int:
@@ -181,14 +202,18 @@ class KVCache:
 
 
 class CausalSelfAttention(nn.Module):
-    def __init__(self, config: TransformerConfig, attention: AttentionBackend) -> None:
+    """Multi-head causal self-attention; `fused_qkv` False runs the three projections as three GEMMs on
+    slices of the one weight (the layout before issue 19, kept to measure the fused one against)."""
+
+    def __init__(
+        self, config: TransformerConfig, attention: AttentionBackend, fused_qkv: bool = True
+    ) -> None:
         super().__init__()
         self.num_heads = config.num_heads
         self.backend = attention
+        self.fused_qkv = fused_qkv
         self.attn_dropout = config.dropout
-        self.query = nn.Linear(config.embed_dim, config.embed_dim)
-        self.key = nn.Linear(config.embed_dim, config.embed_dim)
-        self.value = nn.Linear(config.embed_dim, config.embed_dim)
+        self.qkv = nn.Linear(config.embed_dim, 3 * config.embed_dim)
         self.proj = nn.Linear(config.embed_dim, config.embed_dim)
         self.resid_dropout = nn.Dropout(config.dropout)
 
@@ -198,14 +223,27 @@ class CausalSelfAttention(nn.Module):
             raise ValueError(f"flash attention needs CUDA fp16/bf16 inputs, got {x.dtype} on {x.device}")
         return usable and self.backend != "sdpa"
 
+    def project_qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Queries, keys and values of x (B, T, E), each (B, heads, T, head_dim): the layout SDPA and the
+        cache use."""
+        batch, steps, width = x.shape
+        head_dim = width // self.num_heads
+        if self.fused_qkv:
+            qkv = self.qkv(x).view(batch, steps, 3, self.num_heads, head_dim).permute(2, 0, 3, 1, 4)
+            return qkv[0], qkv[1], qkv[2]
+        weights, biases = self.qkv.weight.chunk(3), self.qkv.bias.chunk(3)
+        q, k, v = (
+            F.linear(x, weight, bias).view(batch, steps, self.num_heads, head_dim).transpose(1, 2)
+            for weight, bias in zip(weights, biases, strict=True)
+        )
+        return q, k, v
+
     def forward(
         self, x: torch.Tensor, cache: LayerKVCache | None = None, slots: Slots | None = None
     ) -> torch.Tensor:
         """Causal attention of x (B, T, E); with `cache`, x goes to `slots` after the cached tokens."""
         batch, steps, width = x.shape
-        head_shape = (batch, steps, self.num_heads, width // self.num_heads)
-        # (B, heads, T, head_dim): the layout SDPA and the cache use.
-        q, k, v = (layer(x).view(head_shape).transpose(1, 2) for layer in (self.query, self.key, self.value))
+        q, k, v = self.project_qkv(x)
         dropout = self.attn_dropout if self.training else 0.0
         if cache is not None:
             y = cache.attend(q, k, v, slots, dropout).transpose(1, 2)
@@ -222,11 +260,13 @@ class CausalSelfAttention(nn.Module):
 class Block(nn.Module):
     """Pre-LN transformer block."""
 
-    def __init__(self, config: TransformerConfig, attention: AttentionBackend) -> None:
+    def __init__(
+        self, config: TransformerConfig, attention: AttentionBackend, fused_qkv: bool = True
+    ) -> None:
         super().__init__()
         width = config.embed_dim
         self.ln1 = nn.LayerNorm(width)
-        self.attn = CausalSelfAttention(config, attention)
+        self.attn = CausalSelfAttention(config, attention, fused_qkv)
         self.ln2 = nn.LayerNorm(width)
         self.mlp = nn.Sequential(
             nn.Linear(width, 4 * width), nn.GELU(), nn.Linear(4 * width, width), nn.Dropout(config.dropout)
@@ -242,16 +282,21 @@ class Block(nn.Module):
 class Transformer(nn.Module):
     """Embedding dropout, the blocks and the final LayerNorm; embeddings are the caller's business.
 
-    `attention` picks the attention kernels ("auto": flash-attn for CUDA fp16/bf16 when installed, else SDPA).
+    `attention` picks the attention kernels ("auto": flash-attn for CUDA fp16/bf16 when installed, else SDPA);
+    `fused_qkv` whether the q/k/v projections run as one GEMM (see CausalSelfAttention).
     """
 
-    def __init__(self, config: TransformerConfig, *, attention: AttentionBackend = "auto") -> None:
+    def __init__(
+        self, config: TransformerConfig, *, attention: AttentionBackend = "auto", fused_qkv: bool = True
+    ) -> None:
         super().__init__()
         self.config = config
         _check_attention_backend(attention)
         self.attention = attention
         self.drop = nn.Dropout(config.dropout)
-        self.blocks = nn.ModuleList(Block(config, self.attention) for _ in range(config.num_layers))
+        self.blocks = nn.ModuleList(
+            Block(config, self.attention, fused_qkv) for _ in range(config.num_layers)
+        )
         self.ln_f = nn.LayerNorm(config.embed_dim)
 
     def new_kv_cache(self) -> KVCache:

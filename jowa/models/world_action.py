@@ -6,7 +6,8 @@ the final-LN hidden states:
 
 - observation head at every slot except j = 35 (j = 0..34 predict token j+1, j = 36 the next frame's 0);
 - reward (sign classes) and termination heads at the action slot j = 36;
-- the distributional Q-head ensemble at j = 35, after the whole frame and before the action;
+- the distributional Q-head ensemble (`jowa.models.q_ensemble`) at j = 35, after the whole frame and
+  before the action;
 - a frozen target copy of the Q head applied in the same pass to the detached hidden states (there is no
   target transformer; spec gotcha 6).
 
@@ -19,15 +20,14 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from jowa.models.q_ensemble import QEnsemble
 from jowa.models.token_layout import TokenLayout
 from jowa.models.transformer import AttentionBackend, KVCache, Transformer, TransformerConfig
 
@@ -106,74 +106,37 @@ class JOWAOutput:
     as (..., num_actions, num_atoms).
     """
 
-    obs_logits: torch.Tensor  # (B, positions with slot != 35, obs_vocab)
+    obs_logits: torch.Tensor | None  # (B, positions with slot != 35, obs_vocab); None: see obs_features
     reward_logits: torch.Tensor  # (B, action positions, 3): classes sign(r) + 1
     end_logits: torch.Tensor  # (B, action positions, 2)
     q_logits: torch.Tensor
     q_target_logits: torch.Tensor
+    # (B, positions with slot != 35, width): the observation head's input to its last Linear, returned
+    # instead of obs_logits when a chunked loss computes the logits (`forward(..., obs_logits=False)`).
+    obs_features: torch.Tensor | None = None
 
 
-class QEnsemble(nn.Module):
-    """num_q independent MLPs evaluated together with weights stacked over members.
+@dataclass(frozen=True)
+class Levers:
+    """Ways of computing the training step that give the same numbers in less time or memory (issue 19),
+    each switchable to measure it. Not part of JOWAConfig: they change kernels, not the function."""
 
-    Member i: Linear(E,H) -> Dropout -> LayerNorm(H) -> Mish -> Linear(H,H) -> LayerNorm(H) -> Mish ->
-    Linear(H, A*Z). Weights are (members, out, in), the reference's stacked layout; dropout masks are
-    independent per member because the dropout acts on the stacked activations.
-    """
+    fused_qkv: bool = True
+    """the q/k/v projections as one GEMM (jowa.models.transformer.CausalSelfAttention)"""
+    sliced_heads: bool = True
+    """whole-step windows pick the heads' positions by reshape and slice instead of index gathers"""
+    obs_loss_chunk: int = 8192
+    """rows per chunk of the training observation loss, whose logits are recomputed in backward
+    (jowa.models.linear_cross_entropy); 0: the full (rows, 2048) logits, as before"""
 
-    # Order of the reference's flat parameter list `head_module.params.0..9`.
-    PARAMETER_NAMES = (
-        "in_weight", "in_bias", "norm1_weight", "norm1_bias", "mid_weight", "mid_bias",
-        "norm2_weight", "norm2_bias", "out_weight", "out_bias",
-    )  # fmt: skip
+    def __post_init__(self) -> None:
+        if self.obs_loss_chunk < 0:
+            raise ValueError(f"obs_loss_chunk must be >= 0 rows, not {self.obs_loss_chunk}")
 
-    def __init__(self, members: int, in_dim: int, hidden: int, out_dim: int, dropout: float) -> None:
-        super().__init__()
-        self.in_weight = nn.Parameter(torch.empty(members, hidden, in_dim))
-        self.in_bias = nn.Parameter(torch.empty(members, hidden))
-        self.norm1_weight = nn.Parameter(torch.empty(members, hidden))
-        self.norm1_bias = nn.Parameter(torch.empty(members, hidden))
-        self.mid_weight = nn.Parameter(torch.empty(members, hidden, hidden))
-        self.mid_bias = nn.Parameter(torch.empty(members, hidden))
-        self.norm2_weight = nn.Parameter(torch.empty(members, hidden))
-        self.norm2_bias = nn.Parameter(torch.empty(members, hidden))
-        self.out_weight = nn.Parameter(torch.empty(members, out_dim, hidden))
-        self.out_bias = nn.Parameter(torch.empty(members, out_dim))
-        self.dropout = nn.Dropout(dropout)
-        self.reset_parameters()
-
-    def reset_parameters(self) -> None:
-        """PyTorch's default Linear/LayerNorm init, as the reference ensemble keeps (spec gotcha 18)."""
-        for weight, bias in (
-            (self.in_weight, self.in_bias),
-            (self.mid_weight, self.mid_bias),
-            (self.out_weight, self.out_bias),
-        ):
-            bound = 1.0 / math.sqrt(weight.shape[-1])
-            nn.init.uniform_(weight, -bound, bound)
-            nn.init.uniform_(bias, -bound, bound)
-        for weight, bias in ((self.norm1_weight, self.norm1_bias), (self.norm2_weight, self.norm2_bias)):
-            nn.init.ones_(weight)
-            nn.init.zeros_(bias)
-
-    @staticmethod
-    def _linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-        """(members, N, in) or broadcastable (1, N, in) -> (members, N, out) with one batched matmul."""
-        return torch.baddbmm(bias.unsqueeze(1), x.expand(weight.shape[0], -1, -1), weight.transpose(1, 2))
-
-    @staticmethod
-    def _layer_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-        return F.layer_norm(x, x.shape[-1:]) * weight.unsqueeze(1) + bias.unsqueeze(1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, S, E) hidden states -> (members, B, S, out_dim) logits."""
-        batch, steps, width = x.shape
-        h = self.dropout(self._linear(x.reshape(1, batch * steps, width), self.in_weight, self.in_bias))
-        h = F.mish(self._layer_norm(h, self.norm1_weight, self.norm1_bias))
-        h = self._linear(h, self.mid_weight, self.mid_bias)
-        h = F.mish(self._layer_norm(h, self.norm2_weight, self.norm2_bias))
-        out = self._linear(h, self.out_weight, self.out_bias)
-        return out.view(out.shape[0], batch, steps, out.shape[-1])
+    @classmethod
+    def none(cls) -> Levers:
+        """Every lever off: the step as it was computed before issue 19."""
+        return cls(fused_qkv=False, sliced_heads=False, obs_loss_chunk=0)
 
 
 def _mlp_head(width: int, out_dim: int) -> nn.Sequential:
@@ -191,34 +154,24 @@ def _init_gpt_weights(module: nn.Module) -> None:
         nn.init.zeros_(module.bias)
 
 
-def ensemble_probabilities(q_logits: torch.Tensor, num_actions: int) -> torch.Tensor:
-    """(num_q, B, S, A*Z) logits -> (B, S, A, Z) atom probabilities averaged over members (gotcha 5)."""
-    members, batch, steps, _ = q_logits.shape
-    per_member = q_logits.reshape(members, batch, steps, num_actions, -1).softmax(dim=-1)
-    return per_member.mean(dim=0)
-
-
-def expected_q(probabilities: torch.Tensor, atoms: torch.Tensor) -> torch.Tensor:
-    """Q(h, a) = sum_k z_k p_k: (..., A, Z) probabilities -> (..., A) values.
-
-    A product and sum rather than a matmul, which autocast would run in bf16: CQL's logsumexp over Q-values
-    near 10 would lose its third digit.
-    """
-    return (probabilities * atoms).sum(dim=-1)
-
-
 class JOWA(nn.Module):
     """World-action model: `model(tokens, tasks, kv_cache)` -> JOWAOutput.
 
-    `attention` picks the attention kernels (see jowa.models.transformer); it is not part of `config`
-    because the weights compute the same function with every backend.
+    `attention` picks the attention kernels (see jowa.models.transformer) and `levers` the ways of computing
+    a training step (see Levers); neither is part of `config` because the weights compute the same function
+    with every choice.
     """
 
-    def __init__(self, config: JOWAConfig, *, attention: AttentionBackend = "auto") -> None:
+    def __init__(
+        self, config: JOWAConfig, *, attention: AttentionBackend = "auto", levers: Levers | None = None
+    ) -> None:
         super().__init__()
         self.config = config
+        self.levers = levers or Levers()
         width = config.width
-        self.transformer = Transformer(config.transformer_config(), attention=attention)
+        self.transformer = Transformer(
+            config.transformer_config(), attention=attention, fused_qkv=self.levers.fused_qkv
+        )
         self.position_embedding = nn.Embedding(config.max_tokens, width)
         self.action_embedding = nn.Embedding(config.num_actions, width)
         self.observation_embedding = nn.Embedding(config.obs_vocab, width)
@@ -284,26 +237,55 @@ class JOWA(nn.Module):
         return self._layouts[key]
 
     def forward(
-        self, tokens: torch.Tensor, tasks: torch.Tensor, kv_cache: KVCache | None = None
+        self,
+        tokens: torch.Tensor,
+        tasks: torch.Tensor,
+        kv_cache: KVCache | None = None,
+        *,
+        obs_logits: bool = True,
     ) -> JOWAOutput:
         """Run `tokens` (B, T) of tasks (B,); with `kv_cache`, they continue the cached tokens.
 
         Positions count from the start of the window: token i sits at position kv_cache.length + i.
+        `obs_logits` False returns the observation head's last-layer input instead of its logits, for a
+        loss that applies that layer itself (jowa.models.linear_cross_entropy).
         """
         start = 0 if kv_cache is None else kv_cache.length
         hidden = self.hidden(tokens, tasks, kv_cache)
-        layout = self._layout(start, tokens.shape[1], tokens.device)
-        action_hidden = hidden[:, layout.action]
-        q_hidden = hidden[:, layout.q]
+        obs_hidden, action_hidden, q_hidden = self._head_inputs(hidden, start)
         with torch.no_grad():
             q_target_logits = self.q_target_head(q_hidden.detach())
+        head = self.observation_head
+        features = None if obs_logits else head[1](head[0](obs_hidden))
         return JOWAOutput(
-            obs_logits=self.observation_head(hidden[:, layout.obs_head]),
+            obs_logits=head(obs_hidden) if obs_logits else None,
             reward_logits=self.reward_head(action_hidden),
             end_logits=self.end_head(action_hidden),
             q_logits=self.q_head(q_hidden),
             q_target_logits=q_target_logits,
+            obs_features=features,
         )
+
+    def _head_inputs(
+        self, hidden: torch.Tensor, start: int
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The hidden states (B, positions, E) the observation, reward/termination and Q heads read.
+
+        A window of whole steps (the training window) is a view (B, steps, 37, E) whose slots 35 and 36
+        are slices and whose observation-head rows are slots 0..34 and 36 side by side, in the order the
+        layout's indices give, with no index kernel (Levers.sliced_heads); other windows gather them.
+        The slices are copied (B x steps rows): a strided view saved for backward by a head would keep
+        all of `hidden` alive until then.
+        """
+        per_block = self.config.tokens_per_block
+        batch, length, width = hidden.shape
+        if self.levers.sliced_heads and start % per_block == 0 and length % per_block == 0:
+            steps = hidden.view(batch, length // per_block, per_block, width)
+            obs = torch.cat([steps[:, :, : per_block - 2], steps[:, :, per_block - 1 :]], dim=2)
+            action, q = steps[:, :, per_block - 1].contiguous(), steps[:, :, per_block - 2].contiguous()
+            return obs.view(batch, -1, width), action, q
+        layout = self._layout(start, length, hidden.device)
+        return hidden[:, layout.obs_head], hidden[:, layout.action], hidden[:, layout.q]
 
     def hidden(
         self, tokens: torch.Tensor, tasks: torch.Tensor, kv_cache: KVCache | None = None

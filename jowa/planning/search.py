@@ -19,8 +19,9 @@ from dataclasses import dataclass
 import torch
 
 from jowa.models.losses import action_mask_table
+from jowa.models.q_ensemble import ensemble_probabilities, expected_q
 from jowa.models.transformer import KVCache
-from jowa.models.world_action import JOWA, ensemble_probabilities, expected_q
+from jowa.models.world_action import JOWA
 
 
 class WorldModel:

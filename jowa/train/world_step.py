@@ -23,6 +23,7 @@ from jowa.models.losses import action_mask_table, critic_losses, world_model_los
 from jowa.models.world_action import JOWA, JOWAOutput
 from jowa.train.params import WorldTrainingParams
 from jowa.train.runtime import Runtime
+from jowa.weights.state_files import CheckpointError
 
 
 @dataclass(frozen=True)
@@ -49,11 +50,12 @@ def concat(first: Batch, second: Batch) -> Batch:
 def _real_rows(output: JOWAOutput, rows: int) -> JOWAOutput:
     """The world-head outputs of the first `rows` segments (the Q outputs are not read by world losses)."""
     return JOWAOutput(
-        obs_logits=output.obs_logits[:rows],
+        obs_logits=None if output.obs_logits is None else output.obs_logits[:rows],
         reward_logits=output.reward_logits[:rows],
         end_logits=output.end_logits[:rows],
         q_logits=output.q_logits,
         q_target_logits=output.q_target_logits,
+        obs_features=None if output.obs_features is None else output.obs_features[:rows],
     )
 
 
@@ -73,9 +75,12 @@ class StepLosses(nn.Module):
 
     def forward(self, batch: Batch, imagined: Batch | None) -> dict[str, torch.Tensor]:
         whole = batch if imagined is None else concat(batch, imagined)
-        output = self.model(whole.tokens(), whole.tasks)
-        weight = self.stage.supervised_weight
-        losses = world_model_losses(_real_rows(output, len(batch.tasks)), batch, supervised_weight=weight)
+        chunk = self.model.levers.obs_loss_chunk  # 0: full logits; else chunked (Levers)
+        output = self.model(whole.tokens(), whole.tasks, obs_logits=chunk == 0)
+        losses = world_model_losses(
+            _real_rows(output, len(batch.tasks)), batch, supervised_weight=self.stage.supervised_weight,
+            obs_layer=self.model.observation_head[-1], obs_chunk=chunk,
+        )  # fmt: skip
         if self.stage.critic:
             s = self.settings
             losses |= critic_losses(
@@ -164,5 +169,10 @@ class WorldTrainer:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Weights and optimizer of a saved step; `enter` the saved step's stage first."""
         assert self.optimizer is not None
+        if any(name.endswith(".attn.query.weight") for name in state["model"]):
+            raise CheckpointError(
+                "this resume state was written before the q/k/v projections were fused (issue 19) and its "
+                "optimizer moments do not fit: delete the run directory's resume state to start the run over"
+            )
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])

@@ -16,9 +16,10 @@ from typing import Any
 
 import torch
 
+from jowa.models.q_ensemble import QEnsemble
 from jowa.models.token_layout import TokenLayout
-from jowa.models.transformer import AttentionBackend
-from jowa.models.world_action import JOWA, JOWAConfig, QEnsemble
+from jowa.models.transformer import QKV_PARTS, AttentionBackend, fuse_qkv_keys
+from jowa.models.world_action import JOWA, JOWAConfig
 from jowa.weights.state_files import (
     CheckpointError,
     as_tensor,
@@ -70,7 +71,8 @@ def load_model(
         config = JOWAConfig(**info["config"])
     except (TypeError, ValueError) as error:
         raise CheckpointError(f"{path}: bad JOWA config {info['config']}: {error}") from error
-    state = load_safetensors(Path(path))
+    # Checkpoints written before issue 19 hold separate query/key/value weights: stacked here.
+    state = fuse_qkv_keys(load_safetensors(Path(path)))
     check_state_dict(state, _expected_shapes(config), what=str(path))
     return _assign(config, state, attention).to(device), info["meta"]
 
@@ -78,9 +80,25 @@ def load_model(
 # ----------------------------------------------------------------------------------------- reference JOWA
 
 
+def separate_qkv_shapes(shapes: Mapping[str, tuple[int, ...]]) -> dict[str, tuple[int, ...]]:
+    """Parameter shapes with each fused `attn.qkv` entry as the separate query/key/value entries of the
+    reference layout (which `fuse_qkv_keys` stacks back)."""
+    separate = {}
+    for name, shape in shapes.items():
+        if ".attn.qkv." not in name:
+            separate[name] = shape
+            continue
+        prefix, kind = name.split(".attn.qkv.")
+        for part in QKV_PARTS:
+            separate[f"{prefix}.attn.{part}.{kind}"] = (shape[0] // 3, *shape[1:])
+    return separate
+
+
 def reference_name_map(config: JOWAConfig) -> dict[str, str]:
-    """Reference JOWA parameter name -> our name, for every parameter of a model with `config`."""
-    names = {name: name for name in _expected_shapes(config) if name.startswith("transformer.")}
+    """Reference JOWA parameter name -> our name, for every parameter of a model with `config`; the
+    transformer's names are ours but for the separate query/key/value, which the import stacks."""
+    transformer = separate_qkv_shapes(_expected_shapes(config))
+    names = {name: name for name in transformer if name.startswith("transformer.")}
     names |= {
         "pos_emb.weight": "position_embedding.weight",
         "embedder.embedding_tables.0.weight": "action_embedding.weight",
@@ -117,7 +135,7 @@ def from_reference(
     # Copies, so that the model never shares memory with the caller's arrays.
     tensors = {str(k): as_tensor(v, str(k), "reference JOWA").clone() for k, v in state_dict.items()}
     names = reference_name_map(config)
-    ours = _expected_shapes(config)
+    ours = separate_qkv_shapes(_expected_shapes(config))
     layout = TokenLayout.build(0, config.max_tokens, config.tokens_per_block, torch.device("cpu"))
     indices = {
         "head_observations.indices": layout.obs_head,
@@ -130,4 +148,5 @@ def from_reference(
     expected |= {name: tuple(value.shape) for name, value in indices.items()}
     label = arch if isinstance(arch, str) else json.dumps(dict(arch))
     check_state_dict(tensors, expected, values=indices, what=f"reference JOWA {label}")
-    return _assign(config, {our_name: tensors[name] for name, our_name in names.items()}, attention)
+    ours_named = {our_name: tensors[name] for name, our_name in names.items()}
+    return _assign(config, fuse_qkv_keys(ours_named), attention)
