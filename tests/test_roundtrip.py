@@ -161,17 +161,18 @@ SEAM_SHAPES = {
 }
 
 
+def logged_add_counts(path: Path) -> list[int]:
+    """The add_count each checkpoint of the run logged, oldest first."""
+    return [int(load_array(path / checkpoint_filename("add_count", s))) for s in sorted(list_suffixes(path))]
+
+
 @pytest.mark.parametrize("action", [noop, varied], ids=["noop", "varied"])
 @pytest.mark.parametrize(("capacity", "lengths", "add_counts"), SEAM_SHAPES.values(), ids=SEAM_SHAPES.keys())
 def test_runs_placed_by_the_seam_come_back(
     tmp_path: Path, capacity: int, lengths: list[int], add_counts: list[int], action: Callable
 ) -> None:
     written = write_run(tmp_path, capacity, lengths, action)
-    logged = [
-        int(load_array(tmp_path / checkpoint_filename("add_count", s)))
-        for s in sorted(list_suffixes(tmp_path))
-    ]
-    assert logged == add_counts
+    assert logged_add_counts(tmp_path) == add_counts
     index = check_round_trip(tmp_path, written)
     assert index.start_unknown == (len(add_counts) == 1) and len(index.gaps) == 1
 
@@ -195,11 +196,7 @@ def test_runs_that_lost_only_padding_come_back_whole_around_it(
     tmp_path: Path, capacity: int, lengths: list[int], add_counts: list[int], action: Callable
 ) -> None:
     written = write_run(tmp_path, capacity, lengths, action)
-    logged = [
-        int(load_array(tmp_path / checkpoint_filename("add_count", s)))
-        for s in sorted(list_suffixes(tmp_path))
-    ]
-    assert logged == add_counts
+    assert logged_add_counts(tmp_path) == add_counts
     index = check_round_trip(tmp_path, written)
     last_full, partial = index.files[-2:]
     assert 0 < partial.first_row - last_full.end_row < 3  # rows no file holds: lost padding
